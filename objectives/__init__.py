@@ -1,0 +1,12 @@
+"""GGUF loading, tokenizer, JAX forward pass, PPL/KLD and importance scores."""
+
+from __future__ import annotations
+
+from ._gguf import GGUFError
+from ._gguf import GGUFModel
+from ._gguf import Hparams
+from ._gguf import TensorInfo
+from ._gguf import open_gguf
+from ._model_file import default_model_path
+
+__all__ = ["GGUFError", "GGUFModel", "Hparams", "TensorInfo", "default_model_path", "open_gguf"]
