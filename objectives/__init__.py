@@ -6,7 +6,8 @@ from ._gguf import GGUFError
 from ._gguf import GGUFModel
 from ._gguf import Hparams
 from ._gguf import TensorInfo
+from ._gguf import is_quantizable
 from ._gguf import open_gguf
 from ._model_file import default_model_path
 
-__all__ = ["GGUFError", "GGUFModel", "Hparams", "TensorInfo", "default_model_path", "open_gguf"]
+__all__ = ["GGUFError", "GGUFModel", "Hparams", "TensorInfo", "default_model_path", "is_quantizable", "open_gguf"]

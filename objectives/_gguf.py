@@ -29,8 +29,34 @@ _LAYER_RE = re.compile(r"^blk\.(\d+)\.(.+)\.(weight|bias)$")
 _IK_ONLY_IDS = {31, 32, 33, 36} | set(range(97, 100)) | set(range(133, 160)) | set(range(200, 400))
 
 
+_NEVER = ("_norm.weight", "ffn_gate_inp.weight", "ssm_conv1d", "attn_rel_b.weight")
+_NEVER_EXACT = ("position_embd.weight", "token_types.weight")
+_NEVER_BY_TARGET = {
+    "mainline": ("ffn_gate_tid2eid.weight", "altup", "laurel", "per_layer_model_proj",
+                 "shortconv.conv.weight", "indexer.k_proj.weight", "indexer.q_proj.weight",
+                 *(f"time_mix_{k}.weight" for k in ("first", "w0", "w1", "w2", "v0", "v1", "v2",
+                   "a0", "a1", "a2", "g1", "g2", "decay_w1", "decay_w2", "lerp_fused")),
+                 ".position_embd", "sam.pos_embd", "sam.neck.", "sam.net_",
+                 ".rel_pos", ".patch_embd", ".patch_merger", "a.rvq.codebook", "mm.a.code_embd"),
+    "ik": ("ssm_x.weight", "ssm_dt.weight"),
+}
+_INT_TYPES = ("i8", "i16", "i32", "i64")
+
+
 class GGUFError(UserError):
     pass
+
+
+def ggml_n_dims(ne: tuple[int, ...]) -> int:
+    """ggml_n_dims: trailing dimensions of size 1 do not count."""
+    return 1 + max((i for i, n in enumerate(ne) if n > 1), default=0)
+
+
+def is_quantizable(name: str, ne: tuple[int, ...], target: str) -> bool:
+    """Whether llama-quantize of ``target`` quantizes this tensor (spec section 3.1, default flags)."""
+    if not name.endswith("weight") or ggml_n_dims(ne) < 2 or name in _NEVER_EXACT:
+        return False
+    return not any(s in name for s in _NEVER + _NEVER_BY_TARGET[target])
 
 
 @dataclass(frozen=True)
@@ -202,6 +228,11 @@ class GGUFModel:
     @property
     def n_elements(self) -> int:
         return sum(t.n_elements for t in self.tensors.values())
+
+    def quantizable(self, target: str = "mainline") -> list[TensorInfo]:
+        """Tensors llama-quantize of ``target`` would quantize, in file order."""
+        return [t for t in self.tensors.values()
+                if t.qtype.name not in _INT_TYPES and is_quantizable(t.name, t.ne, target)]
 
     @property
     def nbytes(self) -> int:

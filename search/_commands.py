@@ -1,0 +1,117 @@
+"""Library functions behind the CLI commands: each returns a JSON-able dict; ``format_*``
+render the same dict as a human table."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from quant import searchable_types
+
+from objectives import GGUFModel, default_model_path, open_gguf
+
+from ._budget import check_reachable, human_size, parse_budget
+from ._recipe import load_recipe, recipe_from_gguf, save_recipe
+from ._sizes import plan_bytes, reachable, tensor_options, uniform_plans
+
+
+def load_model(path: str | Path | None) -> GGUFModel:
+    return open_gguf(path if path else default_model_path())
+
+
+def _size(nbytes: int, n_elements: int) -> dict:
+    return {"bytes": nbytes, "mib": round(nbytes / 2**20, 2), "gib": round(nbytes / 2**30, 4),
+            "bpw": round(8 * nbytes / n_elements, 4)}
+
+
+def inspect(model: GGUFModel, targets: list[str]) -> dict:
+    h = model.hparams()
+    tensors = []
+    for t in model.tensors.values():
+        row = {"name": t.name, "role": t.role, "layer": t.layer, "shape": list(t.shape),
+               "type": t.qtype.name, "bytes": t.nbytes, "can_take": {}}
+        q = {tgt: {x.name for x in model.quantizable(tgt)} for tgt in targets}
+        for tgt in targets:
+            row["can_take"][tgt] = sorted(tensor_options(t, tgt)) if t.name in q[tgt] else None
+        tensors.append(row)
+    uniform = {tgt: [{**r, **_size(r["bytes"], model.n_elements)} for r in uniform_plans(model, tgt)]
+               for tgt in targets}
+    return {"model": model.identity(), "hparams": h.__dict__, "tied_embeddings":
+            model.tied_embeddings, "size": _size(model.nbytes, model.n_elements),
+            "tensors": tensors, "uniform": uniform}
+
+
+def format_inspect(r: dict) -> str:
+    m, h = r["model"], r["hparams"]
+    lines = [f"{m['name']} ({m['arch']}, {h['n_layer']} layers, n_embd {h['n_embd']}, "
+             f"n_ff {h['n_ff']}, heads {h['n_head']}/{h['n_head_kv']}"
+             f"{', tied embeddings' if r['tied_embeddings'] else ''})",
+             f"{len(r['tensors'])} tensors, {m['n_elements']:,} weights, "
+             f"{human_size(m['bytes'], m['n_elements'])} as stored", ""]
+    lines += _tensor_groups(r["tensors"])
+    for tgt, rows in r["uniform"].items():
+        lines += ["", f"uniform recipes, {tgt} (every quantizable tensor asks for one type):",
+                  f"  {'type':9} {'MiB':>9} {'GiB':>8} {'BPW':>8}  fallbacks"]
+        lines += [f"  {u['type']:9} {u['mib']:9.2f} {u['gib']:8.4f} {u['bpw']:8.4f}  {u['fallbacks']}"
+                  for u in rows]
+    return "\n".join(lines)
+
+
+def _tensor_groups(tensors: list[dict]) -> list[str]:
+    """One line per (role, shape, stored type): layers and the types it can take."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for t in tensors:
+        groups[(t["role"], tuple(t["shape"]), t["type"])].append(t)
+    lines = [f"{'role':16} {'shape':>14} {'stored':7} {'n':>4}  can take (after fallback)"]
+    for (role, shape, typ), ts in groups.items():
+        take = ts[0]["can_take"]
+        desc = "; ".join(f"{k}: {' '.join(v)}" for k, v in take.items() if v) or "not quantized"
+        lines.append(f"{role:16} {'x'.join(map(str, shape)):>14} {typ:7} {len(ts):4}  {desc}")
+    return lines
+
+
+def as_recipe(model: GGUFModel, target: str | None) -> dict:
+    return recipe_from_gguf(model, target)
+
+
+def mix(model: GGUFModel, ftype: str, target: str, imatrix: bool, pure: bool) -> dict:
+    from ._mixes import mix_types
+
+    written = mix_types(model, ftype, target, imatrix=imatrix, pure=pure)
+    counts: dict[str, int] = defaultdict(int)
+    for v in written.values():
+        counts[v] += 1
+    return {"ftype": ftype, "target": target, "imatrix": imatrix, "pure": pure,
+            "tensors": written, "counts": dict(counts),
+            **_size(plan_bytes(model, written, target), model.n_elements)}
+
+
+def format_mix(r: dict) -> str:
+    lines = [f"{r['ftype']} ({r['target']}, {'with' if r['imatrix'] else 'without'} imatrix"
+             f"{', pure' if r['pure'] else ''}): {r['mib']:.2f} MiB, {r['bpw']:.4f} BPW"]
+    lines.append("  " + ", ".join(f"{k} {v}" for k, v in sorted(r["counts"].items())))
+    lines += [f"  {n:36} {t}" for n, t in r["tensors"].items()]
+    return "\n".join(lines)
+
+
+def export(recipe_path: Path, fmt: str, out_dir: Path, imatrix: Path | None) -> dict:
+    from ._export import write_export
+
+    recipe = load_recipe(recipe_path)
+    out_dir = Path(out_dir)
+    if fmt == "json":
+        return {"files": [str(save_recipe(recipe, out_dir / "recipe.json"))], "notes": []}
+    files, notes = write_export(recipe, fmt, out_dir, imatrix=imatrix)
+    return {"files": [str(f) for f in files], "notes": notes}
+
+
+def format_export(r: dict) -> str:
+    return "\n".join([*(f"wrote {f}" for f in r["files"]), *(f"note: {n}" for n in r["notes"])])
+
+
+def check_budget(model: GGUFModel, text: str, target: str, types: list[str] | None) -> int:
+    budget = parse_budget(text)
+    lo, hi = reachable(model, target, types or searchable_types(target) or None)
+    return check_reachable(budget, lo, hi, model.n_elements, target)
+
+

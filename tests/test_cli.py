@@ -1,0 +1,72 @@
+"""The ``search`` command as a user runs it: output modes and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import FIXTURES
+
+BASELINE = json.loads((FIXTURES / "baseline-sizes.json").read_text())
+
+
+def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "search", *args], capture_output=True, text=True,
+                       timeout=300)
+    if ok:
+        assert p.returncode == 0, p.stderr
+    else:
+        assert p.returncode != 0, p.stdout
+        assert "Traceback" not in p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    return p
+
+
+@pytest.fixture(scope="module")
+def inspect_json() -> dict:
+    return json.loads(run("inspect", "--json").stdout)
+
+
+def test_inspect_json(inspect_json):
+    assert len(inspect_json["tensors"]) == 272
+    uni = {u["type"]: u for u in inspect_json["uniform"]["mainline"]}
+    assert uni["q4_0"]["bytes"] == BASELINE["files"]["pure-Q4_0"]["bytes"]
+    assert uni["q4_0"]["bpw"] == float(BASELINE["files"]["pure-Q4_0"]["bpw"])
+    q = {t["name"]: t for t in inspect_json["tensors"]}
+    assert "q4_K" not in q["blk.0.attn_q.weight"]["can_take"]["mainline"]
+    assert "q4_K" in q["blk.0.ffn_down.weight"]["can_take"]["mainline"]
+    assert "iq4_ks" in q["blk.0.ffn_down.weight"]["can_take"]["ik"]
+    assert q["output_norm.weight"]["can_take"]["mainline"] is None
+
+
+def test_inspect_table():
+    out = run("inspect", "--target", "mainline").stdout
+    assert "ffn_down" in out and "uniform recipes, mainline" in out and "72.27" in out
+
+
+def test_as_recipe(tmp_path):
+    r = json.loads(run("inspect", "--as-recipe").stdout)
+    assert r["format"] == "gguf-recipe/1" and r["bytes"] == BASELINE["files"]["orig-Q4_1"]["bytes"]
+
+
+@pytest.mark.parametrize("args,msg", [
+    (("--budget", "4.1bpw", "--types", "q4_0,q8_0"), "below the smallest"),
+    (("--budget", "40bpw"), "above the largest"),
+    (("--budget", "four"), "malformed budget"),
+    (("--budget", "5bpw", "--types", "q4_0,q9_9"), "unknown quant type 'q9_9'"),
+    (("inspect", "/nonexistent.gguf"), "no such file"),
+])
+def test_one_line_errors(args, msg):
+    assert msg in run(*args, ok=False).stderr
+
+
+def test_truncated_and_foreign_files(tmp_path, smollm2):
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(smollm2.paths[0].read_bytes()[:5_000_000])
+    assert "truncated" in run("inspect", str(cut), ok=False).stderr
+    txt = tmp_path / "notes.gguf"
+    txt.write_text("hello")
+    assert "not a GGUF" in run("inspect", str(txt), ok=False).stderr
