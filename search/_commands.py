@@ -101,12 +101,17 @@ def export(recipe_path: Path, fmt: str, out_dir: Path, imatrix: Path | None) -> 
     out_dir = Path(out_dir)
     if fmt == "json":
         return {"files": [str(save_recipe(recipe, out_dir / "recipe.json"))], "notes": []}
-    files, notes = write_export(recipe, fmt, out_dir, imatrix=imatrix)
+    files, notes = write_export(recipe["tensors"], recipe["shapes"], recipe["target"], fmt,
+                                out_dir, imatrix=imatrix,
+                                input_quantized=bool(recipe.get("input_quantized")))
     return {"files": [str(f) for f in files], "notes": notes}
 
 
-def format_export(r: dict) -> str:
-    return "\n".join([*(f"wrote {f}" for f in r["files"]), *(f"note: {n}" for n in r["notes"])])
+def format_export(r: dict, max_notes: int = 12) -> str:
+    notes = [f"note: {n}" for n in r["notes"][:max_notes]]
+    if len(r["notes"]) > max_notes:
+        notes.append(f"note: ... and {len(r['notes']) - max_notes} more (--json lists all)")
+    return "\n".join([*(f"wrote {f}" for f in r["files"]), *notes])
 
 
 def check_budget(model: GGUFModel, text: str, target: str, types: list[str] | None) -> int:

@@ -5,6 +5,8 @@
     tensors     every quantizable tensor name -> the ggml type llama-quantize writes
     bytes, bpw  tensor data bytes of the quantized file and 8*bytes/elements (llama-quantize's)
     requested   only where a requested type falls back: name -> requested type
+    shapes      every tensor of the model -> numpy shape (exports need no model file)
+    input_quantized  whether llama-quantize needs --allow-requantize for this base file
     model       base-model identity (objectives.GGUFModel.identity)
     objectives  measured statistics (kld_mean, ppl, ...) when known
     provenance  tool version, command line, corpus and imatrix sha256, creation time
@@ -68,7 +70,9 @@ def build_recipe(model: GGUFModel, plan: dict[str, str], target: str, *,
     return {"format": FORMAT, "target": target, "tensors": written, "bytes": nbytes,
             "bpw": round(8.0 * nbytes / model.n_elements, 6), "requested": requested,
             "model": model.identity(), "objectives": objectives or {},
-            "provenance": prov or provenance()}
+            "provenance": prov or provenance(),
+            "shapes": {t.name: list(t.shape) for t in model.tensors.values()},
+            "input_quantized": any(not t.qtype.float_type for t in model.quantizable(target))}
 
 
 def recipe_from_gguf(model: GGUFModel, target: str | None = None) -> dict[str, Any]:
@@ -99,7 +103,7 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     if not isinstance(recipe, dict) or recipe.get("format") != FORMAT:
         got = recipe.get("format") if isinstance(recipe, dict) else None
         raise RecipeError(f"{path}: format is {got!r}, expected '{FORMAT}'")
-    for key in ("target", "tensors"):
+    for key in ("target", "tensors", "shapes"):
         if key not in recipe:
             raise RecipeError(f"{path}: recipe lacks the '{key}' key")
     return recipe
