@@ -9,5 +9,6 @@ from ._gguf import TensorInfo
 from ._gguf import is_quantizable
 from ._gguf import open_gguf
 from ._model_file import default_model_path
+from ._tokenizer import Tokenizer
 
-__all__ = ["GGUFError", "GGUFModel", "Hparams", "TensorInfo", "default_model_path", "is_quantizable", "open_gguf"]
+__all__ = ["GGUFError", "GGUFModel", "Hparams", "TensorInfo", "default_model_path", "is_quantizable", "open_gguf", "Tokenizer"]

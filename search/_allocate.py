@@ -112,14 +112,22 @@ def _fill(table: UnitTable, choice: np.ndarray, room: int, floor: int) -> np.nda
     return choice
 
 
-def allocate(table: UnitTable, levels: list[int], budget: int, fixed: int = 0,
-             floor_frac: float = 0.995) -> np.ndarray:
+def repair(table: UnitTable, choice: np.ndarray, budget: int, fixed: int = 0,
+           floor_frac: float = 0.995, improve: bool = True) -> np.ndarray:
     """Option index per unit with ``fixed + bytes <= budget``, using at least ``floor_frac`` of
-    it where the units allow."""
+    it where the units allow, starting from ``choice``. ``improve=False`` keeps the starting
+    point wherever it fits."""
     room = budget - fixed
-    choice = _shrink(table, start_choice(table, levels).copy(), room)
-    choice = _improve(table, choice, room)
+    choice = _shrink(table, np.array(choice, np.int64), room)
+    if improve:
+        choice = _improve(table, choice, room)
     return _fill(table, choice, room, int(np.ceil(floor_frac * budget)) - fixed)
+
+
+def allocate(table: UnitTable, levels: list[int], budget: int, fixed: int = 0,
+             floor_frac: float = 0.995, improve: bool = True) -> np.ndarray:
+    """``repair`` from every unit at its group's sampled level."""
+    return repair(table, start_choice(table, levels), budget, fixed, floor_frac, improve)
 
 
 def to_plan(table: UnitTable, choice: np.ndarray) -> dict[str, str]:

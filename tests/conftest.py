@@ -38,3 +38,61 @@ def write_tiny_gguf(path: Path, tensors: dict[str, np.ndarray], arch: str = "lla
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """tiny_model(arch) -> path of the tiny random GGUF of that variant (see _tiny_gguf.ARCHS)."""
+    import _tiny_gguf
+
+    folder = tmp_path_factory.mktemp("tiny")
+    made = {}
+
+    def get(arch: str):
+        if arch not in made:
+            made[arch] = _tiny_gguf.write_tiny(folder / f"tiny-{arch}.gguf", arch)
+        return made[arch]
+
+    return get
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """A real PostgreSQL server: ``GRS_PG_URL`` when .ci/run started one, else a throwaway
+    cluster started here (Debian's postgresql package, run as the postgres user)."""
+    import os
+    import shutil
+    import subprocess
+    import tempfile
+
+    if os.environ.get("GRS_PG_URL"):
+        yield os.environ["GRS_PG_URL"]
+        return
+    bindir = Path("/usr/lib/postgresql")
+    initdb = next(iter(sorted(bindir.glob("*/bin/initdb"))), None) if bindir.is_dir() else None
+    if initdb is None or shutil.which("runuser") is None:
+        pytest.skip("needs a PostgreSQL server: apt-get install postgresql (or set GRS_PG_URL)")
+    data = Path(tempfile.mkdtemp(prefix="grs-pg-"))  # outside pytest's 0700 folders
+    os.chmod(data, 0o777)
+    port = _free_port()
+    as_pg = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    pg_ctl = initdb.parent / "pg_ctl"
+    subprocess.run([*as_pg, str(initdb), "-D", f"{data}/db", "-A", "trust", "-U", "postgres"],
+                   check=True, capture_output=True)
+    subprocess.run([*as_pg, str(pg_ctl), "-D", f"{data}/db", "-l", f"{data}/log", "-w", "-o",
+                    f"-p {port} -k {data} -c listen_addresses=127.0.0.1", "start"],
+                   check=True, capture_output=True)
+    try:
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        subprocess.run([*as_pg, str(pg_ctl), "-D", f"{data}/db", "-m", "immediate", "stop"],
+                       capture_output=True)
+        shutil.rmtree(data, ignore_errors=True)

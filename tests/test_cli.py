@@ -70,3 +70,32 @@ def test_truncated_and_foreign_files(tmp_path, smollm2):
     txt = tmp_path / "notes.gguf"
     txt.write_text("hello")
     assert "not a GGUF" in run("inspect", str(txt), ok=False).stderr
+
+
+def _recipe_file(tmp_path, **changes) -> str:
+    r = json.loads(run("inspect", "--as-recipe").stdout)
+    r["tensors"].update(changes)
+    path = tmp_path / "recipe.json"
+    path.write_text(json.dumps(r))
+    return str(path)
+
+
+def test_export_both_formats(tmp_path):
+    recipe = _recipe_file(tmp_path)
+    out = json.loads(run("export", recipe, "--format", "mainline", "-o", str(tmp_path / "m"),
+                         "--json").stdout)
+    assert sorted(p.rsplit("/", 1)[1] for p in out["files"]) == ["quantize-mainline.sh",
+                                                                 "tensor-types.txt"]
+    run("export", recipe, "--format", "ik", "-o", str(tmp_path / "ik"))
+    assert (tmp_path / "ik" / "custom-q.txt").read_text().count("=") >= 2
+    run("export", recipe, "--format", "json", "-o", str(tmp_path / "j"))
+    assert json.loads((tmp_path / "j" / "recipe.json").read_text())["format"] == "gguf-recipe/1"
+
+
+@pytest.mark.parametrize("change,fmt,msg", [
+    ({"blk.0.ffn_down.weight": "q9_9"}, "mainline", "unknown quant type 'q9_9'"),
+    ({"blk.0.ffn_down.weight": "iq4_ks"}, "mainline", "does not exist in mainline"),
+])
+def test_export_errors(tmp_path, change, fmt, msg):
+    recipe = _recipe_file(tmp_path, **change)
+    assert msg in run("export", recipe, "--format", fmt, "-o", str(tmp_path), ok=False).stderr

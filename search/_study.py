@@ -1,0 +1,116 @@
+"""The Optuna objective: sampled group levels -> budget-exact recipe -> staged evaluation.
+
+The objective is built once per study (space, unit table, evaluator and caches stay loaded);
+a trial only suggests one ordinal level per group, so the sampler sees tens of parameters even
+for a 60-layer MoE. What a trial stores (``recipe`` user attribute and artifact) is exactly what
+was evaluated. Chunks are evaluated in a fixed random order, in stages; after each stage the
+per-chunk KLDs are reported with the chunk id as step, so ``WilcoxonPruner`` can stop a
+candidate that is clearly worse than the best.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+import optuna
+
+from ._allocate import UnitTable, allocate, choice_of, repair, to_plan, total
+from ._space import Space
+from ._storage import mark_worker
+
+OBJECTIVES = {"kld": "kld_mean", "kld99": "kld_p99", "ppl": "ppl"}
+
+
+class Evaluator(Protocol):
+    """What the study needs from ``objectives``: per-chunk statistics of a plan, and their
+    summary with llama-perplexity's keys (kld_mean, kld_p99, ppl, ...)."""
+
+    n_chunks: int
+
+    def run(self, plan: dict[str, str], chunks: Sequence[int]) -> list[Any]: ...
+
+    def chunk_kld(self, stat: Any) -> float: ...
+
+    def summarize(self, stats: list[Any]) -> dict[str, float]: ...
+
+
+def plan_sha(plan: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class RecipeObjective:
+    space: Space
+    table: UnitTable
+    budget: int
+    evaluator: Evaluator
+    objective: str = "kld"
+    stage: int = 4
+    seed: int = 0
+    pareto: bool = False
+    on_recipe: Callable[[optuna.Trial, dict[str, str], dict], None] | None = None
+    _seen: dict[str, dict] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        rng = np.random.default_rng(self.seed)
+        self.order = [int(c) for c in rng.permutation(self.evaluator.n_chunks)]
+
+    def free_groups(self) -> list[int]:
+        return [i for i, g in enumerate(self.space.groups) if len(g.options) > 1]
+
+    def levels(self, trial: optuna.Trial) -> list[int]:
+        levels = [0] * len(self.space.groups)
+        for i in self.free_groups():
+            g = self.space.groups[i]
+            levels[i] = trial.suggest_int(g.name, 0, len(g.options) - 1)
+        return levels
+
+    def choose(self, trial: optuna.Trial) -> np.ndarray:
+        """Units' options: the warm start's plan if the trial carries one, else the sampled
+        levels; either repaired into the budget."""
+        levels = self.levels(trial)
+        warm = trial.user_attrs.get("warm_plan")
+        start = choice_of(self.table, warm) if warm is not None else None
+        if start is None:
+            return allocate(self.table, levels, self.budget, self.space.fixed_bytes,
+                            floor_frac=0.0 if self.pareto else 0.995, improve=not self.pareto)
+        return repair(self.table, start, self.budget, self.space.fixed_bytes, improve=False)
+
+    def __call__(self, trial: optuna.Trial):
+        mark_worker(trial)
+        choice = self.choose(trial)
+        plan = to_plan(self.table, choice)
+        nbytes = self.space.fixed_bytes + total(self.table, choice)
+        sha = plan_sha(plan)
+        trial.set_user_attr("bytes", nbytes)
+        trial.set_user_attr("bpw", round(8 * nbytes / self.space.n_elements, 6))
+        trial.set_user_attr("plan_sha", sha)
+        metrics = self._seen.get(sha) or self._evaluate(trial, plan)
+        self._seen[sha] = metrics
+        for k, v in metrics.items():
+            trial.set_user_attr(k, v)
+        if self.on_recipe:
+            self.on_recipe(trial, plan, metrics)
+        value = metrics[OBJECTIVES[self.objective]]
+        return (float(nbytes), value) if self.pareto else value
+
+    def _evaluate(self, trial: optuna.Trial, plan: dict[str, str]) -> dict:
+        stats: list[Any] = []
+        for start in range(0, len(self.order), self.stage):
+            chunks = self.order[start:start + self.stage]
+            stats += self.evaluator.run(plan, chunks)
+            if not self.pareto:
+                self._report(trial, chunks, stats)
+        return self.evaluator.summarize(stats)
+
+    def _report(self, trial: optuna.Trial, chunks: list[int], stats: list[Any]) -> None:
+        for c, s in zip(chunks, stats[-len(chunks):]):
+            trial.report(self.evaluator.chunk_kld(s), step=c)
+        if trial.should_prune():
+            trial.set_user_attr("pruned_kld_mean", float(np.mean(
+                [self.evaluator.chunk_kld(s) for s in stats])))
+            raise optuna.TrialPruned()

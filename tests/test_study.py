@@ -1,0 +1,113 @@
+"""The study over several storages: budget-exact trials, resume, killed workers, two workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from _study_worker import BUDGET, make_objective
+from search._storage import StorageError, open_storage
+
+WORKER = Path(__file__).parent / "_study_worker.py"
+
+
+def storages(tmp_path):
+    return {"inmemory": None, "sqlite": f"sqlite:///{tmp_path}/s.db",
+            "journal": f"journal:{tmp_path}/s.log"}
+
+
+@pytest.fixture(scope="module")
+def objective():
+    return make_objective()
+
+
+@pytest.mark.parametrize("mode", ["inmemory", "sqlite", "journal"])
+def test_every_trial_is_budget_exact_and_records_its_recipe(objective, tmp_path, mode):
+    url = storages(tmp_path)[mode]
+    storage = open_storage(url) if url else None
+    study = optuna.create_study(storage=storage, sampler=optuna.samplers.TPESampler(seed=1),
+                                pruner=optuna.pruners.NopPruner())
+    study.optimize(objective, n_trials=6)
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 6
+    for t in done:
+        assert 0.995 * BUDGET <= t.user_attrs["bytes"] <= BUDGET
+        assert t.value == pytest.approx(t.user_attrs["kld_mean"])
+
+
+def test_resume_continues_the_same_study(objective, tmp_path):
+    url = f"sqlite:///{tmp_path}/r.db"
+    for _ in range(2):
+        study = optuna.create_study(study_name="r", storage=open_storage(url), load_if_exists=True,
+                                    pruner=optuna.pruners.NopPruner())
+        study.optimize(objective, n_trials=3)
+    assert len(optuna.load_study(study_name="r", storage=open_storage(url)).trials) == 6
+
+
+def test_unknown_storage_url():
+    with pytest.raises(StorageError, match="unknown storage URL"):
+        open_storage("redis://localhost/0")
+
+
+def _worker(url: str, name: str, n: int, sleep: float, env=None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(WORKER), url, name, str(n), str(sleep)],
+                            env={**os.environ, **(env or {})}, stderr=subprocess.PIPE)
+
+
+def _wait_running(url: str, name: str, timeout: float = 120) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            study = optuna.load_study(study_name=name, storage=open_storage(url))
+            if study.get_trials(states=(TrialState.RUNNING,)):
+                return
+        except KeyError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError("no trial started")
+
+
+@pytest.mark.parametrize("mode", ["sqlite", "journal"])
+def test_sigkilled_worker_loses_nothing_and_its_trial_is_retried(tmp_path, mode):
+    url = storages(tmp_path)[mode]
+    env = {"GRS_HEARTBEAT_S": "1", "GRS_GRACE_S": "2"}
+    first = _worker(url, "k", 3, 1.5, env)
+    _wait_running(url, "k")
+    time.sleep(4)  # let at least one trial complete
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    study = optuna.load_study(study_name="k", storage=open_storage(url))
+    done_before = {t.number for t in study.get_trials(states=(TrialState.COMPLETE,))}
+    time.sleep(3)  # past the heartbeat grace period
+    second = _worker(url, "k", 2, 0.0, env)
+    assert second.wait(timeout=300) == 0, second.stderr.read().decode()[-2000:]
+    study = optuna.load_study(study_name="k", storage=open_storage(url))
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert done_before <= {t.number for t in done}
+    assert len(failed) == 1
+    retried = [t for t in done if t.user_attrs.get("retry_of") == failed[0].number
+               or t.system_attrs.get("failed_trial") == failed[0].number]
+    # the killed trial may have died while its parameters were being sampled
+    assert len(retried) == 1 and failed[0].params.items() <= retried[0].params.items()
+
+
+@pytest.mark.parametrize("mode", ["journal", "postgres"])
+def test_two_workers_share_one_study(tmp_path, mode, request):
+    url = storages(tmp_path)[mode] if mode != "postgres" else request.getfixturevalue("pg_url")
+    name = f"two-{os.getpid()}-{time.time_ns()}"
+    workers = [_worker(url, name, 4, 0.2) for _ in range(2)]
+    for w in workers:
+        assert w.wait(timeout=300) == 0, w.stderr.read().decode()[-2000:]
+    study = optuna.load_study(study_name=name, storage=open_storage(url))
+    done = study.get_trials(states=(TrialState.COMPLETE,))
+    assert len(done) == 8 and len({t.number for t in done}) == 8
+    assert len({t.user_attrs["worker"]["pid"] for t in done}) == 2
