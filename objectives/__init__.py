@@ -11,4 +11,5 @@ from ._gguf import open_gguf
 from ._model_file import default_model_path
 from ._tokenizer import Tokenizer
 
-__all__ = ["GGUFError", "GGUFModel", "Hparams", "TensorInfo", "default_model_path", "is_quantizable", "open_gguf", "Tokenizer"]
+__all__ = ["GGUFError", "GGUFModel", "Hparams", "TensorInfo", "Tokenizer", "default_model_path",
+           "is_quantizable", "open_gguf"]

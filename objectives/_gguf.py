@@ -104,12 +104,15 @@ class Hparams:
 
 class _Cursor:
     def __init__(self, buf: np.memmap, path: Path) -> None:
-        self.buf, self.pos, self.path = buf, 0, path
+        self.mv, self.pos, self.path = memoryview(buf), 0, path
+
+    def _need(self, n: int) -> None:
+        if self.pos + n > len(self.mv):
+            raise GGUFError(f"{self.path}: truncated GGUF header: re-download or re-convert the file")
 
     def take(self, n: int) -> bytes:
-        if self.pos + n > len(self.buf):
-            raise GGUFError(f"{self.path}: truncated GGUF header: re-download or re-convert the file")
-        out = bytes(self.buf[self.pos:self.pos + n])
+        self._need(n)
+        out = self.mv[self.pos:self.pos + n].tobytes()
         self.pos += n
         return out
 
@@ -117,7 +120,11 @@ class _Cursor:
         fmt = _SCALARS.get(vtype)
         if fmt is None:
             raise GGUFError(f"{self.path}: unknown GGUF value type {vtype}: the file is corrupt")
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+        size = struct.calcsize(fmt)
+        self._need(size)
+        value = struct.unpack_from(fmt, self.mv, self.pos)[0]
+        self.pos += size
+        return value
 
     def string(self) -> str:
         n = self.scalar(10)

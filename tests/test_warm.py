@@ -1,0 +1,52 @@
+"""Warm starts on hand-made unit tables."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from search._allocate import UnitTable, total
+from search._warm import cossim, milp, project, uniform
+
+
+def layered_table(n_layers=4, roles=("attn_q", "ffn_down")) -> UnitTable:
+    names, groups = [], []
+    for L in range(n_layers):
+        for gi, r in enumerate(roles):
+            names.append((f"blk.{L}.{r}.weight",))
+            groups.append(gi)
+    n = len(names)
+    b = np.tile(np.array([[10, 15, 20]], np.int64), (n, 1))
+    loss = np.tile(np.array([[3.0, 2.0, 1.0]]), (n, 1))
+    opts = tuple(("a", "b", "c") for _ in roles)
+    return UnitTable(np.array(groups), tuple(names), b, loss, opts)
+
+
+def test_uniform_below_and_above_fit_the_budget():
+    t = layered_table()  # 8 units: uniform sizes 80 / 120 / 160
+    out = dict(uniform(t, 130, fixed=0))
+    assert set(out) == {"uniform-below", "uniform-above"}
+    for c in out.values():
+        assert 0.995 * 130 <= total(t, c) <= 130
+
+
+def test_cossim_upgrades_the_most_important_layers_first():
+    t = layered_table()
+    # budget 100: from all-"a" (80), 20 bytes buy one whole layer one level up (2 units x 5)... x2
+    c = cossim(t, 100, 0, {0: 0.9, 1: 0.2, 2: 0.95, 3: 0.5})
+    layer_of = [int(n[0].split(".")[1]) for n in t.tensors]
+    up = sorted({layer_of[u] for u in range(len(c)) if c[u] > 0})
+    assert up == [1, 3] and total(t, c) <= 100
+
+
+def test_milp_warm_start_is_the_additive_optimum():
+    t = layered_table()
+    c = milp(t, 120, 0)
+    assert total(t, c) <= 120
+    assert t.loss[np.arange(len(c)), c].sum() == 8 * 2.0  # every unit at "b" is optimal (convex)
+
+
+def test_project_maps_foreign_types_by_bytes():
+    t = layered_table(1)
+    plan = {"blk.0.attn_q.weight": "b", "blk.0.ffn_down.weight": "zz"}
+    assert list(project(t, plan, np.array([15, 17]))) == [1, 1]
+    assert list(project(t, plan, np.array([15, 5]))) == [1, 0]
