@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from . import _families  # noqa: F401  (registers the kernels)
 from ._api import dequantize
+from ._api import fake_quant
+from ._api import quantize
 from ._catalog import TARGETS
 from ._catalog import TYPES
 from ._catalog import QuantType
@@ -26,7 +28,8 @@ from ._registry import register_quantizer
 from ._registry import searchable_types
 
 __all__ = [
-    "TARGETS", "TYPES", "QuantType", "check_target", "dequantize", "get_type", "recipe_types",
+    "TARGETS", "TYPES", "QuantType", "check_target", "dequantize", "fake_quant", "quantize",
+    "get_type", "recipe_types",
     "resolve", "resolved_nbytes", "tensor_nbytes", "type_by_id", "type_in_target",
     "FallbackError", "KernelMissingError", "TargetError", "UnknownTypeError", "UserError",
     "has_quantizer", "register_dequantizer", "register_quantizer", "searchable_types",

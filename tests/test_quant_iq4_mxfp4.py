@@ -1,0 +1,102 @@
+"""iq4_nl, iq4_xs, mxfp4 against real ggml bytes; JAX dequantizers of the gguf-only types."""
+
+from __future__ import annotations
+
+import gguf
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_quant_legacy import GOLDEN, check_golden, rows
+
+import quant
+
+IQ4 = ["iq4_nl", "iq4_xs"]
+
+
+@pytest.mark.parametrize("stem", [f"{n}{s}" for n in IQ4 + ["mxfp4"] for s in ("", "_imat")])
+def test_mainline_golden(stem):
+    check_golden(stem, "mainline", ("q_ggml",))
+
+
+@pytest.mark.parametrize("stem", [f"{n}{s}" for n in IQ4 + ["mxfp4"] for s in ("", "_imat")])
+def test_ik_golden(stem):
+    check_golden(stem, "ik", ("q_iknofma", "q_ik"))
+
+
+@pytest.mark.parametrize("name", IQ4 + ["mxfp4"])
+def test_fake_quant_equals_gguf_dequantize_of_bytes(name):
+    z = np.load(GOLDEN / f"{name}_imat.npz")
+    x, w = z["x"], z["w"]
+    q = quant.quantize(x, name, w)
+    ref = gguf.quants.dequantize(q, gguf.GGMLQuantizationType[name.upper()]).reshape(x.shape)
+    assert np.array_equal(np.asarray(quant.fake_quant(x, name, w)), ref)
+
+
+GRID_TYPES = ["iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s"]
+
+
+@pytest.mark.parametrize("name", GRID_TYPES)
+def test_grid_dequantizer_equals_gguf_on_ggml_bytes(name):
+    stem = name if (GOLDEN / f"{name}.npz").exists() else f"{name}_imat"
+    z = np.load(GOLDEN / f"{stem}.npz")
+    q = z["q_ggml"]
+    want = gguf.quants.dequantize(q, gguf.GGMLQuantizationType[name.upper()]).reshape(z["x"].shape)
+    got = quant.dequantize(q, name, z["x"].shape)
+    assert np.array_equal(got, want)
+    assert np.mean((got - z["x"]) ** 2) < np.mean(z["x"] ** 2)  # the bytes really encode x
+
+
+@pytest.mark.parametrize("name,block", [("tq1_0", 256), ("tq2_0", 256), ("nvfp4", 64)])
+def test_other_dequantizers_equal_gguf_on_random_bytes(name, block):
+    t = quant.get_type(name)
+    q = np.random.default_rng(7).integers(0, 256, (3, 4 * t.type_size), dtype=np.uint8)
+    if name == "nvfp4":
+        q.reshape(3, 4, 36)[..., :4] &= 0x7F  # unsigned E4M3 scales
+    else:  # keep the f16 scale finite
+        q.reshape(3, 4, t.type_size)[..., -1] &= 0x3B
+    want = gguf.quants.dequantize(q, gguf.GGMLQuantizationType[name.upper()]).reshape(3, -1)
+    assert np.array_equal(quant.dequantize(q, name, (3, 4 * block)), want)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(x=rows())
+def test_mxfp4_equals_gguf_py(x):
+    ref = gguf.quants.quantize(x, gguf.GGMLQuantizationType.MXFP4).reshape(x.shape[0], -1)
+    assert np.array_equal(quant.quantize(x, "mxfp4"), ref)
+
+
+@pytest.mark.parametrize("name,target", [("iq4_nl", "mainline"), ("iq4_xs", "ik")])
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(x=rows(shapes=((3, 256),)), with_w=st.booleans())
+def test_iq4_sane(name, target, x, with_w):
+    w = np.random.default_rng(0).random(x.shape[1]).astype(np.float32) + 0.01 if with_w else None
+    y = np.asarray(quant.fake_quant(x, name, w, target))
+    fits_f16 = np.max(np.abs(x), axis=1) < 60000
+    assert np.all(np.isfinite(y[fits_f16]))
+    assert np.all(y[~np.any(x, axis=1)] == 0)
+    amax = np.max(np.abs(x), axis=1, keepdims=True)
+    assert np.all((np.abs(y - x) <= amax * 0.6 + 1e-30)[fits_f16])
+
+
+def test_mxfp4_exponent_matches_libm_log2f_near_powers_of_two():
+    import ctypes
+    import ctypes.util
+
+    from quant._mxfp4 import floor_log2f
+
+    path = ctypes.util.find_library("m")
+    if path is None:
+        pytest.skip("no C math library (libm) to compare log2f with")
+    libm = ctypes.CDLL(path)
+    libm.log2f.restype, libm.log2f.argtypes = ctypes.c_float, [ctypes.c_float]
+    vals = []
+    for k in range(-120, 121, 1):
+        v = np.float32(2.0**k)
+        vals += [v, np.nextafter(v, np.float32(np.inf))]
+        for _ in range(12):
+            v = np.nextafter(v, np.float32(0))
+            vals.append(v)
+    vals = np.array(vals, np.float32)
+    want = np.array([int(np.floor(libm.log2f(float(v)))) for v in vals])
+    assert np.array_equal(np.asarray(floor_log2f(vals)), want)
