@@ -1,0 +1,29 @@
+"""Architecture registry: ``general.architecture`` -> family module.
+
+A family module provides ``ARCHS``, ``LINEARS``, a frozen ``Config`` (``config(model)``), a
+registered-dataclass ``Layer`` (``load_layer(cfg, get, act, il)``), ``layer_consts(cfg, model,
+il, n_ctx) -> (rope table, window)`` and ``forward_layer(cfg, layer, x, rope, window, f16_kv)``.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from quant import UserError
+
+from . import gemma3, llama, qwen
+
+FAMILIES: dict[str, ModuleType] = {a: m for m in (llama, qwen, gemma3) for a in m.ARCHS}
+
+
+def family(arch: str) -> ModuleType:
+    """The family module for an architecture name; a UserError lists the supported ones."""
+    try:
+        return FAMILIES[arch]
+    except KeyError:
+        raise UserError(f"architecture '{arch}' is not supported by the JAX forward pass; "
+                        f"supported: {', '.join(sorted(FAMILIES))}") from None
+
+
+def supported_architectures() -> list[str]:
+    return sorted(FAMILIES)
