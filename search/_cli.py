@@ -82,22 +82,96 @@ def export_main(argv: list[str]) -> int:
     return 0
 
 
-def run_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="search", description="Find the mixed-precision GGUF recipe "
-                                "with the lowest KLD under a size budget.",
-                                epilog="subcommands: " + ", ".join(SUBCOMMANDS)
-                                + " (search SUBCOMMAND -h)")
+def _search_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="search", description="Find the mixed-precision GGUF recipe with the lowest KLD "
+        "under a size budget.", epilog="subcommands: " + ", ".join(SUBCOMMANDS)
+        + " (search SUBCOMMAND -h)")
     _model_arg(p)
-    p.add_argument("--budget", required=True, help="size budget: 4.1bpw, 900MiB, 14.2GiB, 15GB")
-    p.add_argument("--target", choices=TARGETS, default="mainline")
-    p.add_argument("--types", help="comma-separated candidate types (default: all searchable)")
+    a = p.add_argument
+    a("--budget", help="size budget: 4.1bpw, 900MiB, 14.2GiB, 15GB")
+    a("--config", help="study file (TOML) with any of these options; the command line wins")
+    a("-f", "--calib", help="calibration text (default: the bundled corpus)")
+    a("--eval-file", help="held-out text for the final comparison (default: bundled)")
+    a("--target", choices=TARGETS)
+    a("--types", type=_csv, help="comma-separated candidate types (default: all searchable)")
+    a("--pin", dest="pins", action="append", metavar="REGEX=TYPE", help="fix matching tensors")
+    a("--tie", dest="ties", action="append", metavar="ROLE,ROLE", help="roles sharing a type")
+    a("--objective", choices=("kld", "kld99", "ppl"))
+    a("--trials", type=int, help="total finished trials of the study (default 60)")
+    a("--timeout", type=float, help="stop after this many seconds")
+    a("--study", help="study name (default: MODEL-TARGET-BUDGET); the same name resumes")
+    a("--storage", help="sqlite:///PATH (default under studies/NAME), journal:PATH, "
+      "postgresql://...")
+    a("--jobs", type=int, help="worker processes on this machine")
+    a("--seed", type=int)
+    a("--pareto", action="store_true", default=None, help="bytes and KLD as two objectives")
+    a("--ctx", type=int, help="context size (default 512)")
+    a("--chunks", type=int, help="calibration chunks per trial (default 8)")
+    a("--eval-chunks", type=int, help="held-out chunks of the final comparison (default 16)")
+    a("--imatrix", help="importance matrix (.dat or GGUF) used to quantize")
+    a("--studies-dir", help="home of study storage and outputs (default: studies)")
+    a("--json", action="store_true", default=None, help="print the summary as JSON")
+    return p
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def run_main(argv: list[str]) -> int:
+    from ._options import merge
+    from ._run import format_summary, run_search
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    args = vars(_search_parser().parse_args(argv))
+    opts = merge({k: v for k, v in args.items() if k != "config"}, args["config"])
+    s = run_search(opts)
+    emit(s, opts.json, format_summary)
+    return 0
+
+
+@subcommand("eval")
+def eval_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="search eval", description="PPL and KLD of a recipe "
+                                "against the unquantized model, as llama-perplexity prints them.")
+    _model_arg(p)
+    p.add_argument("--recipe", required=True, type=Path, help="recipe.json (gguf-recipe/1)")
+    p.add_argument("--imatrix", help="importance matrix used to quantize (.dat or GGUF)")
+    p.add_argument("-f", "--file", help="evaluation text (default: the bundled held-out corpus)")
+    p.add_argument("--ctx", type=int, default=512)
+    p.add_argument("--chunks", type=int, help="number of chunks (default: all)")
+    p.add_argument("--no-act-round", action="store_true",
+                   help="do not round activations to q8 as llama.cpp's CPU matmuls do")
     _json_arg(p)
     a = p.parse_args(argv)
-    model = cmd.load_model(a.model)
-    types = [t.strip() for t in a.types.split(",")] if a.types else None
-    cmd.check_budget(model, a.budget, a.target, types)
-    raise UserError("the recipe search itself is not implemented in this version yet: "
-                    "use 'search inspect' and 'search export' for now")
+    res = cmd.evaluate_recipe(a.model, a.recipe, a.imatrix, a.file, a.ctx, a.chunks,
+                              not a.no_act_round, progress=not a.json)
+    emit(res, a.json, cmd.format_eval)
+    return 0
+
+
+@subcommand("dashboard")
+def dashboard_main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="search dashboard", description="Watch a study live in "
+                                "optuna-dashboard.")
+    p.add_argument("--study", help="study name (a folder of studies/); default: the newest")
+    p.add_argument("--storage", help="storage URL (default: studies/NAME/study.db)")
+    p.add_argument("--studies-dir", default="studies")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    a = p.parse_args(argv)
+    cmd.dashboard(a.study, a.storage, Path(a.studies_dir), a.host, a.port)
+    return 0
+
+
+@subcommand("score")
+def score_main(argv: list[str]) -> int:
+    from ._score_cmd import main as score
+
+    return score(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

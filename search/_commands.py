@@ -120,3 +120,89 @@ def check_budget(model: GGUFModel, text: str, target: str, types: list[str] | No
     return check_reachable(budget, lo, hi, model.n_elements, target)
 
 
+
+
+def evaluate_recipe(model_path, recipe_path: Path, imatrix: str | None, text: str | None,
+                    ctx: int, chunks: int | None, act_round: bool, progress: bool) -> dict:
+    """``search eval``: the recipe's PPL/KLD against the model's own weights."""
+    from objectives import corpus_tokens, evaluate, read_corpus, read_imatrix
+
+    from ._sizes import resolve_plan
+
+    model = load_model(model_path)
+    recipe = load_recipe(recipe_path)
+    plan = resolve_plan(model, recipe["tensors"], recipe["target"])
+    imat = read_imatrix(imatrix).for_quantizer() if imatrix else None
+    tokens = corpus_tokens(model, read_corpus(text, "eval"))
+    bar = _bar() if progress else None
+    try:
+        res = evaluate(model, recipe=plan, imatrix=imat, tokens=tokens, ctx=ctx, n_chunks=chunks,
+                       base_cache=Path("studies") / ".cache" / "base", act_round=act_round,
+                       target=recipe["target"], progress=bar)
+    finally:
+        if bar:
+            bar.close()
+    return {k: (float(v) if hasattr(v, "dtype") else v) for k, v in res.items()}
+
+
+class _bar:
+    """tqdm per evaluation stage (base, eval), fed by the evaluator's progress calls."""
+
+    def __init__(self) -> None:
+        self.t, self.stage = None, None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.t, self.stage = tqdm(total=total, desc=f"{stage} layers", leave=False), stage
+        self.t.n = done
+        self.t.refresh()
+
+    def close(self) -> None:
+        if self.t is not None:
+            self.t.close()
+            self.t = None
+
+
+def format_eval(r: dict) -> str:
+    """llama-perplexity's --kl-divergence summary layout."""
+    return "\n".join([
+        f"chunks {r['n_chunks']} x {r['ctx']}, {r['n_tokens']} scored tokens",
+        f"Mean PPL(Q)                   : {r['ppl']:10.6f} +/- {r['ppl_err']:10.6f}",
+        f"Mean PPL(base)                : {r['ppl_base']:10.6f} +/- {r['ppl_base_err']:10.6f}",
+        f"Mean ln(PPL(Q)/PPL(base))     : {r['ln_ppl_ratio']:10.6f} +/- {r['ln_ppl_ratio_err']:10.6f}",
+        f"Mean    KLD: {r['kld_mean']:10.6f} +/- {r['kld_err']:10.6f}",
+        f"Maximum KLD: {r['kld_max']:10.6f}",
+        f"99.9%   KLD: {r['kld_p999']:10.6f}",
+        f"99.0%   KLD: {r['kld_p99']:10.6f}",
+        f"95.0%   KLD: {r['kld_p95']:10.6f}",
+        f"90.0%   KLD: {r['kld_p90']:10.6f}",
+        f"Median  KLD: {r['kld_median']:10.6f}",
+        f"RMS Δp    : {100 * r['rms_dp']:6.3f} +/- {100 * r['rms_dp_err']:5.3f} %",
+        f"Same top p: {100 * r['same_top_p']:6.3f} +/- {100 * r['same_top_p_err']:5.3f} %"])
+
+
+def dashboard(study: str | None, storage: str | None, studies_dir: Path, host: str,
+              port: int) -> None:
+    from optuna.artifacts import FileSystemArtifactStore
+    from optuna_dashboard import run_server
+
+    from quant import UserError
+
+    from ._storage import default_url, open_storage
+
+    if storage is None:
+        dirs = sorted((d for d in studies_dir.glob("*/study.db")), key=lambda p: p.stat().st_mtime)
+        chosen = studies_dir / study / "study.db" if study else (dirs[-1] if dirs else None)
+        if chosen is None or not chosen.is_file():
+            raise UserError(f"no study {'named ' + study if study else ''} under {studies_dir}: "
+                            "run 'search --budget ...' first or give --storage")
+        storage, art = default_url(chosen.parent), chosen.parent / "artifacts"
+    else:
+        art = studies_dir / (study or "dashboard") / "artifacts"
+    art.mkdir(parents=True, exist_ok=True)
+    print(f"optuna-dashboard on http://{host}:{port} (Ctrl-C to stop)")
+    run_server(open_storage(storage), host=host, port=port,
+               artifact_store=FileSystemArtifactStore(str(art)))

@@ -154,7 +154,7 @@ def _layered_groups(tensors, n_layer, target, types, ties, max_params) -> list[G
         bands: dict[int, list[TensorInfo]] = {}
         for t in ts:
             bands.setdefault(-1 if t.layer is None else t.layer // b, []).append(t)
-        for members in bands.values():
+        for _, members in sorted(bands.items()):
             layers = sorted({t.layer for t in members if t.layer is not None})
             groups.append(_make_group(_group_name(role, layers), members, target, types,
                                       tied="+" in role))

@@ -1,0 +1,449 @@
+"""``search --budget B``: prepare (all checks before the study is touched), warm-start, optimize,
+re-evaluate the best recipe on held-out text, export, report.
+
+    studies/NAME/study.db        Optuna storage (default; --storage for journal or PostgreSQL)
+    studies/NAME/recipe.json     best recipe (gguf-recipe/1) + its exports and report.json
+    studies/.cache/              quantized tensors and base-model statistics, shared by studies
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import TrialState
+
+from quant import UserError, get_type, has_quantizer, searchable_types
+
+from objectives import GGUFModel
+
+from . import _warm
+from ._allocate import UnitTable, to_plan, total, unit_table
+from ._budget import check_reachable, human_size, parse_budget
+from ._options import SearchOptions
+from ._recipe import build_recipe, provenance, save_recipe
+from ._space import Space, build_space
+from ._storage import default_url, open_storage, reap_dead_workers
+from ._study import OBJECTIVES, RecipeObjective, plan_sha
+
+DEFAULT_EXCLUDE = ("f32", "f16", "bf16")
+
+
+class StudyMismatch(UserError):
+    pass
+
+
+@dataclass
+class Prepared:
+    opts: SearchOptions
+    model: GGUFModel
+    space: Space
+    table: UnitTable
+    budget: int
+    spec: dict
+
+
+def default_types(target: str) -> list[str]:
+    return [t for t in searchable_types(target) if t not in DEFAULT_EXCLUDE]
+
+
+def _types(opts: SearchOptions) -> list[str]:
+    if not opts.types:
+        return default_types(opts.target)
+    names = [get_type(t).name for t in opts.types]
+    missing = [t for t in names if t not in searchable_types(opts.target)]
+    if missing:
+        raise UserError(f"no {opts.target} kernel for {', '.join(missing)} here: the search can "
+                        f"evaluate {', '.join(searchable_types(opts.target))}")
+    return names
+
+
+def prepare(opts: SearchOptions, model: GGUFModel) -> Prepared:
+    """Everything that can fail on bad input, before any study is created or changed."""
+    if opts.objective not in OBJECTIVES:
+        raise UserError(f"unknown --objective '{opts.objective}': use {', '.join(OBJECTIVES)}")
+    types = _types(opts)
+    ties = (("ffn_gate_exps", "ffn_up_exps"),) + tuple(tuple(t.split(",")) for t in opts.ties)
+    space = build_space(model, opts.target, types, opts.pins, ties)
+    lo, hi = space.extremes()
+    budget = check_reachable(parse_budget(opts.budget), lo, hi, model.n_elements, opts.target)
+    spec = {"model": model.identity()["sha256_header_and_heads"], "target": opts.target,
+            "budget_bytes": budget, "types": types, "pins": list(opts.pins),
+            "objective": opts.objective, "pareto": opts.pareto, "ctx": opts.ctx,
+            "chunks": opts.chunks, "calib": opts.calib or "bundled"}
+    return Prepared(opts, model, space, unit_table(space), budget, spec)
+
+
+def open_study(p: Prepared) -> optuna.Study:
+    url = p.opts.storage or default_url(p.opts.study_dir())
+    storage = open_storage(url)
+    sampler = optuna.samplers.TPESampler(seed=p.opts.seed, multivariate=True, constant_liar=True,
+                                         n_startup_trials=10)
+    pruner = optuna.pruners.NopPruner() if p.opts.pareto else optuna.pruners.WilcoxonPruner(
+        p_threshold=0.1, n_startup_steps=4)
+    study = optuna.create_study(study_name=p.opts.study_name(), storage=storage,
+                                directions=["minimize"] * (2 if p.opts.pareto else 1),
+                                sampler=sampler, pruner=pruner, load_if_exists=True)
+    old = study.user_attrs.get("spec")
+    if old is None:
+        study.set_user_attr("spec", p.spec)
+    elif old != p.spec:
+        diff = ", ".join(f"{k}: {old.get(k)!r} -> {v!r}" for k, v in p.spec.items()
+                         if old.get(k) != v)
+        raise StudyMismatch(f"study '{p.opts.study_name()}' was made with other settings ({diff}):"
+                            " give another --study name or the same settings")
+    reap_dead_workers(study)
+    return study
+
+
+def warm_starts(p: Prepared, layer_cos: dict[int, float] | None = None,
+                loss_table: UnitTable | None = None) -> list[tuple[str, np.ndarray]]:
+    """(name, unit choice) of every warm start that applies, each within the budget."""
+    fixed, out = p.space.fixed_bytes, []
+    out += _warm.uniform(p.table, p.budget, fixed)
+    mix = _mix_start(p)
+    if mix is not None:
+        out.append(mix)
+    if layer_cos:
+        c = _warm.cossim(p.table, p.budget, fixed, layer_cos)
+        if c is not None:
+            out.append(("cossim", c))
+    if loss_table is not None:
+        c = _warm.milp(loss_table, p.budget, fixed)
+        if c is not None:
+            out.append(("milp", c))
+    return out
+
+
+def _mix_start(p: Prepared) -> tuple[str, np.ndarray] | None:
+    """llama.cpp's default mix nearest the budget, projected onto the space and repaired."""
+    from ._sizes import plan_bytes
+
+    best = None
+    for ftype, plan in _mixes(p):
+        gap = abs(plan_bytes(p.model, plan, p.opts.target) - p.budget)
+        if best is None or gap < best[0]:
+            best = (gap, ftype, plan)
+    if best is None:
+        return None
+    unit_bytes = np.array([sum(_nbytes(p.model, n, best[2][n]) for n in names)
+                           for names in p.table.tensors])
+    c = _warm.project(p.table, best[2], unit_bytes)
+    from ._allocate import repair
+
+    return f"mix-{best[1]}", repair(p.table, c, p.budget, p.space.fixed_bytes, improve=False)
+
+
+def _mixes(p: Prepared):
+    """(FTYPE, plan) of llama.cpp's default mixes whose every type we can quantize."""
+    from ._mixes import FTYPES, mix_types
+
+    for ftype in FTYPES[p.opts.target]:
+        try:
+            plan = mix_types(p.model, ftype, p.opts.target, imatrix=p.opts.imatrix is not None)
+        except UserError:
+            continue
+        if all(has_quantizer(t, p.opts.target) for t in set(plan.values())):
+            yield ftype, plan
+
+
+def _nbytes(model: GGUFModel, name: str, type_: str) -> int:
+    from quant import tensor_nbytes
+
+    return tensor_nbytes(type_, model.tensors[name].shape)
+
+
+def enqueue(study: optuna.Study, p: Prepared, starts: list[tuple[str, np.ndarray]]) -> int:
+    """Enqueue each warm start once per study (a resumed study does not repeat them)."""
+    if study.user_attrs.get("warm_enqueued"):
+        return 0
+    free = [i for i, g in enumerate(p.space.groups) if len(g.options) > 1]
+    from ._allocate import levels_of
+
+    for name, choice in starts:
+        plan = to_plan(p.table, choice)
+        levels = levels_of(p.table, plan)
+        params = {p.space.groups[i].name: levels[i] for i in free}
+        study.enqueue_trial(params, user_attrs={"warm_start": name, "warm_plan": plan})
+    study.set_user_attr("warm_enqueued", [n for n, _ in starts])
+    return len(starts)
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if not done:
+        raise UserError(f"study '{study.study_name}' has no completed trial yet: run more trials")
+    if len(study.directions) == 1:
+        return min(done, key=lambda t: t.value)
+    return min(done, key=lambda t: t.values[1])
+
+
+def trial_plan(p: Prepared, t: optuna.trial.FrozenTrial) -> dict[str, str]:
+    plan = t.user_attrs.get("recipe")
+    if plan is None:
+        raise UserError(f"trial {t.number} stored no recipe")
+    return plan
+
+
+def summary(p: Prepared, study: optuna.Study, recipe_path: Path, heldout: dict,
+            rows: list[dict]) -> dict[str, Any]:
+    best = best_trial(study)
+    return {"study": study.study_name, "out_dir": str(p.opts.study_dir()),
+            "recipe": str(recipe_path), "bytes": best.user_attrs["bytes"],
+            "bpw": best.user_attrs["bpw"], "kld_mean": heldout.get("kld_mean"),
+            "heldout": heldout, "best_trial": best.number,
+            "n_trials": len(study.trials), "comparison": rows}
+
+
+def format_summary(s: dict) -> str:
+    lines = [f"study {s['study']}: best trial {s['best_trial']} of {s['n_trials']}",
+             f"recipe {s['recipe']}: {s['bytes']} bytes, {s['bpw']:.4f} BPW, held-out "
+             f"KLD {s['kld_mean']:.6f}", "",
+             f"  {'recipe':28} {'MiB':>8} {'BPW':>7} {'KLD':>10} {'KLD p99':>9} {'PPL':>8}"]
+    for r in s["comparison"]:
+        lines.append(f"  {r['name']:28} {r['bytes'] / 2**20:8.2f} {r['bpw']:7.4f} "
+                     f"{r['kld_mean']:10.6f} {r['kld_p99']:9.5f} {r['ppl']:8.4f}")
+    return "\n".join(lines)
+
+
+def cache_dir(opts: SearchOptions) -> Path:
+    return Path(opts.studies_dir) / ".cache"
+
+
+def load_imatrix(opts: SearchOptions) -> dict | None:
+    if not opts.imatrix:
+        return None
+    from objectives._imatrix import read_imatrix
+
+    return read_imatrix(opts.imatrix).for_quantizer()
+
+
+def session(p: Prepared, kind: str, n_chunks: int, imatrix: dict | None, progress=None):
+    """An evaluation session on the calibration (``calib``) or held-out (``eval``) text."""
+    from objectives._corpus import read_corpus
+    from objectives._eval import corpus_tokens
+    from objectives._session import EvalSession
+
+    path = p.opts.calib if kind == "calib" else p.opts.eval_file
+    tokens = corpus_tokens(p.model, read_corpus(path, kind))
+    return EvalSession(p.model, tokens, p.opts.ctx, n_chunks, p.opts.target, imatrix,
+                       cache_dir(p.opts), progress=progress)
+
+
+def objective(p: Prepared, evaluator, artifacts: Path | None = None) -> RecipeObjective:
+    def on_recipe(trial: optuna.Trial, plan: dict[str, str], metrics: dict) -> None:
+        trial.set_user_attr("recipe", plan)
+        if artifacts is not None:
+            _upload_recipe(trial, p, plan, metrics, artifacts)
+
+    return RecipeObjective(p.space, p.table, p.budget, evaluator, p.opts.objective,
+                           stage=2, seed=p.opts.seed, pareto=p.opts.pareto, on_recipe=on_recipe)
+
+
+def _upload_recipe(trial, p: Prepared, plan, metrics, artifacts: Path) -> None:
+    from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+
+    artifacts.mkdir(parents=True, exist_ok=True)
+    path = save_recipe(build_recipe(p.model, plan, p.opts.target, objectives=_plain(metrics)),
+                       artifacts / f"trial-{trial.number:05d}.recipe.json")
+    upload_artifact(artifact_store=FileSystemArtifactStore(str(artifacts)), file_path=str(path),
+                    study_or_trial=trial, mimetype="application/json")
+
+
+def _plain(d: dict) -> dict:
+    return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in d.items()}
+
+
+def prior_loss(p: Prepared, cache, progress=None) -> dict[str, np.ndarray]:
+    """Per group [n_tensors, n_options]: each tensor's output error energy at each option
+    (quantizes every tensor at every option once; the cache keeps them for the trials)."""
+    out, n, done = {}, sum(g.nbytes.size for g in p.space.groups), 0
+    for g in p.space.groups:
+        rows = []
+        for name in g.tensors:
+            rows.append([cache.error(name, o) for o in g.options])
+            done += len(g.options)
+            if progress:
+                progress("quantize", done, n)
+        out[g.name] = np.array(rows)
+    return out
+
+
+class _Progress:
+    """One tqdm bar per stage, on stderr; silent with --json."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled, self.bar, self.stage = enabled, None, None
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.bar, self.stage = tqdm(total=total, desc=stage, leave=False), stage
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = self.stage = None
+
+
+def _trial_bar(study: optuna.Study, n_trials: int | None, enabled: bool):
+    from tqdm import tqdm
+
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    bar = tqdm(total=n_trials, initial=len(study.get_trials(deepcopy=False, states=finished)),
+               desc="trials", disable=not enabled)
+
+    def callback(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        bar.update(1)
+        try:
+            b = best_trial(study)
+            bar.set_postfix(best=f"{b.values[-1]:.5f}", bpw=f"{b.user_attrs['bpw']:.3f}")
+        except UserError:
+            pass
+
+    return bar, callback
+
+
+def optimize(study: optuna.Study, obj: RecipeObjective, opts: SearchOptions) -> None:
+    from optuna.study import MaxTrialsCallback
+
+    finished = (TrialState.COMPLETE, TrialState.PRUNED)
+    bar, cb = _trial_bar(study, opts.trials, not opts.json)
+    callbacks = [cb]
+    if opts.trials is not None:
+        callbacks.append(MaxTrialsCallback(opts.trials, states=finished))
+        if len(study.get_trials(deepcopy=False, states=finished)) >= opts.trials:
+            bar.close()
+            return
+    try:
+        study.optimize(obj, n_trials=None, timeout=opts.timeout, callbacks=callbacks)
+    finally:
+        bar.close()
+
+
+def run_search(opts: SearchOptions) -> dict[str, Any]:
+    """The whole job; bad input fails before the study is created or changed."""
+    from ._commands import load_model
+
+    model = load_model(opts.model)
+    p = prepare(opts, model)
+    imatrix = load_imatrix(opts)
+    bar = _Progress(not opts.json)
+    calib = session(p, "calib", opts.chunks, imatrix, bar)
+    p.table = unit_table(p.space, prior_loss(p, calib.cache, bar))
+    bar.close()
+    study = open_study(p)
+    enqueue(study, p, warm_starts(p, None, p.table))
+    workers = [_spawn_worker(opts) for _ in range(opts.jobs - 1)]
+    try:
+        optimize(study, objective(p, calib, p.opts.study_dir() / "artifacts"), opts)
+    finally:
+        for w in workers:
+            w.join()
+    return finish(p, study, imatrix)
+
+
+def _spawn_worker(opts: SearchOptions) -> mp.Process:
+    """--jobs N: N-1 more processes optimize the same study (same storage) until the trial
+    count is reached; each builds its own objective."""
+    proc = mp.get_context("spawn").Process(target=worker_main, args=(opts,), daemon=False)
+    proc.start()
+    return proc
+
+
+def worker_main(opts: SearchOptions) -> None:
+    from dataclasses import replace
+
+    from ._commands import load_model
+
+    opts = replace(opts, json=True, seed=opts.seed + 1 + mp.current_process().pid % 9973)
+    p = prepare(opts, load_model(opts.model))
+    calib = session(p, "calib", opts.chunks, load_imatrix(opts))
+    p.table = unit_table(p.space, prior_loss(p, calib.cache))
+    optimize(open_study(p), objective(p, calib, p.opts.study_dir() / "artifacts"), opts)
+
+
+def _heldout_rows(p: Prepared, study: optuna.Study, heldout) -> list[dict]:
+    """The best recipe, every warm start and llama.cpp's default mixes within 10% of the
+    budget, all evaluated on the held-out text."""
+    from ._sizes import plan_bytes
+
+    rows, best = [], best_trial(study)
+    named = [("best (trial %d)" % best.number, best.user_attrs["recipe"])]
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if "warm_start" in t.user_attrs and "recipe" in t.user_attrs:
+            named.append((f"warm: {t.user_attrs['warm_start']}", t.user_attrs["recipe"]))
+    for ftype, plan in _mixes(p):
+        nb = plan_bytes(p.model, plan, p.opts.target)
+        if abs(nb - p.budget) <= 0.1 * p.budget:
+            named.append((f"llama.cpp {ftype}", plan))
+    for name, plan in named:
+        nb = plan_bytes(p.model, plan, p.opts.target)
+        m = _plain(heldout.evaluate(plan))
+        rows.append({"name": name, "bytes": nb, "bpw": 8 * nb / p.model.n_elements, **m})
+    return rows
+
+
+def finish(p: Prepared, study: optuna.Study, imatrix: dict | None) -> dict[str, Any]:
+    from ._export import plan_export, write_plan
+
+    out = p.opts.study_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    bar = _Progress(not p.opts.json)
+    heldout = session(p, "eval", p.opts.eval_chunks, imatrix, bar)
+    rows = _heldout_rows(p, study, heldout)
+    bar.close()
+    best = best_trial(study)
+    calib_metrics = {k: best.user_attrs[k] for k in OBJECTIVES.values() if k in best.user_attrs}
+    recipe = build_recipe(p.model, best.user_attrs["recipe"], p.opts.target,
+                          objectives={"heldout": rows[0], "calibration": calib_metrics},
+                          prov=provenance(p.opts.calib, p.opts.imatrix))
+    path = save_recipe(recipe, out / "recipe.json")
+    imat_file = _write_imatrix(p, out)
+    plan = plan_export(recipe["tensors"], recipe["shapes"], p.opts.target, imat_file,
+                       recipe["input_quantized"])
+    files = write_plan(plan, out)
+    s = summary(p, study, path, rows[0], rows)
+    s["exports"] = [str(f) for f in files]
+    (out / "report.json").write_text(json.dumps(s, indent=1) + "\n")
+    _note(study, s, plan.notes)
+    return s
+
+
+def _write_imatrix(p: Prepared, out: Path) -> Path | None:
+    """The imatrix the study used, in the target's format (ik reads only .dat)."""
+    if not p.opts.imatrix:
+        return None
+    from objectives._imatrix import read_imatrix, write_dat, write_gguf
+
+    im = read_imatrix(p.opts.imatrix)
+    if p.opts.target == "ik":
+        return write_dat(im, out / "imatrix.dat")
+    return write_gguf(im, out / "imatrix.gguf")
+
+
+def _note(study: optuna.Study, s: dict, notes: list[str]) -> None:
+    """A study note (optuna-dashboard) with the export commands of the best recipe."""
+    try:
+        from optuna_dashboard import save_note
+    except ImportError:
+        return
+    script = [e for e in s["exports"] if e.endswith(".sh")]
+    body = [f"# Best recipe: trial {s['best_trial']}", "",
+            f"{s['bytes']} bytes, {s['bpw']:.4f} BPW, held-out KLD {s['kld_mean']:.6f}", "",
+            "Quantize with llama-quantize:", "", "```",
+            f"LLAMA_QUANTIZE=/path/to/llama-quantize {script[0] if script else '...'} IN.gguf OUT.gguf",
+            "```", "", f"Recipe: `{s['recipe']}`"]
+    body += ["", "Notes:", *(f"- {n}" for n in notes[:20])] if notes else []
+    save_note(study, "\n".join(body))
