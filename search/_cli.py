@@ -22,6 +22,13 @@ from . import _commands as cmd
 SUBCOMMANDS: dict[str, Callable[[list[str]], int]] = {}
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors as one-line UserErrors (printed by ``main``)."""
+
+    def error(self, message: str):
+        raise UserError(f"{message} (see {self.prog} --help)")
+
+
 def subcommand(name: str):
     def deco(fn):
         SUBCOMMANDS[name] = fn
@@ -44,7 +51,7 @@ def emit(result: dict, as_json: bool, human: Callable[[dict], str]) -> None:
 
 @subcommand("inspect")
 def inspect_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="search inspect", description="Tensors, the types each can "
+    p = Parser(prog="search inspect", description="Tensors, the types each can "
                                 "really take per target, and uniform-type sizes.")
     _model_arg(p)
     _json_arg(p)
@@ -69,7 +76,7 @@ def inspect_main(argv: list[str]) -> int:
 
 @subcommand("export")
 def export_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="search export", description="Write llama-quantize inputs "
+    p = Parser(prog="search export", description="Write llama-quantize inputs "
                                 "for a recipe.")
     p.add_argument("recipe", type=Path, help="recipe.json (format gguf-recipe/1)")
     p.add_argument("--format", required=True, choices=("ik", "mainline", "json"))
@@ -83,7 +90,7 @@ def export_main(argv: list[str]) -> int:
 
 
 def _search_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="search", description="Find the mixed-precision GGUF recipe with the lowest KLD "
         "under a size budget.", epilog="subcommands: " + ", ".join(SUBCOMMANDS)
         + " (search SUBCOMMAND -h)")
@@ -135,7 +142,7 @@ def run_main(argv: list[str]) -> int:
 
 @subcommand("eval")
 def eval_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="search eval", description="PPL and KLD of a recipe "
+    p = Parser(prog="search eval", description="PPL and KLD of a recipe "
                                 "against the unquantized model, as llama-perplexity prints them.")
     _model_arg(p)
     p.add_argument("--recipe", required=True, type=Path, help="recipe.json (gguf-recipe/1)")
@@ -155,7 +162,7 @@ def eval_main(argv: list[str]) -> int:
 
 @subcommand("dashboard")
 def dashboard_main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="search dashboard", description="Watch a study live in "
+    p = Parser(prog="search dashboard", description="Watch a study live in "
                                 "optuna-dashboard.")
     p.add_argument("--study", help="study name (a folder of studies/); default: the newest")
     p.add_argument("--storage", help="storage URL (default: studies/NAME/study.db)")

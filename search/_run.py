@@ -18,7 +18,7 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from quant import UserError, get_type, has_quantizer, searchable_types
+from quant import UserError, has_quantizer, searchable_types, type_in_target
 
 from objectives import GGUFModel
 
@@ -28,7 +28,7 @@ from ._budget import check_reachable, human_size, parse_budget
 from ._options import SearchOptions
 from ._recipe import build_recipe, provenance, save_recipe
 from ._space import Space, build_space
-from ._storage import default_url, open_storage, reap_dead_workers
+from ._storage import check_url, default_url, open_storage, reap_dead_workers
 from ._study import OBJECTIVES, RecipeObjective, plan_sha
 
 DEFAULT_EXCLUDE = ("f32", "f16", "bf16")
@@ -55,7 +55,7 @@ def default_types(target: str) -> list[str]:
 def _types(opts: SearchOptions) -> list[str]:
     if not opts.types:
         return default_types(opts.target)
-    names = [get_type(t).name for t in opts.types]
+    names = [type_in_target(t, opts.target).name for t in opts.types]
     missing = [t for t in names if t not in searchable_types(opts.target)]
     if missing:
         raise UserError(f"no {opts.target} kernel for {', '.join(missing)} here: the search can "
@@ -65,6 +65,8 @@ def _types(opts: SearchOptions) -> list[str]:
 
 def prepare(opts: SearchOptions, model: GGUFModel) -> Prepared:
     """Everything that can fail on bad input, before any study is created or changed."""
+    if opts.storage:
+        check_url(opts.storage)
     if opts.objective not in OBJECTIVES:
         raise UserError(f"unknown --objective '{opts.objective}': use {', '.join(OBJECTIVES)}")
     types = _types(opts)

@@ -37,17 +37,23 @@ def default_url(study_dir: Path) -> str:
     return f"sqlite:///{study_dir / 'study.db'}"
 
 
+def check_url(url: str) -> None:
+    """A StorageError for a URL no storage understands (checked before any work starts)."""
+    if url.startswith("journal:") or url.endswith(".log"):
+        return
+    if url.split(":", 1)[0].split("+", 1)[0] not in ("sqlite", "postgresql", "mysql"):
+        raise StorageError(f"unknown storage URL '{url}': use sqlite:///PATH, "
+                           "postgresql://USER@HOST/DB, or journal:PATH")
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """``sqlite:///PATH``, ``postgresql://...``, ``journal:PATH`` or a ``*.log`` path."""
     if url.startswith("journal:") or url.endswith(".log"):
         path = Path(url.removeprefix("journal:"))
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
-    scheme = url.split(":", 1)[0].split("+", 1)[0]
-    if scheme not in ("sqlite", "postgresql", "mysql"):
-        raise StorageError(f"unknown storage URL '{url}': use sqlite:///PATH, "
-                           "postgresql://USER@HOST/DB, or journal:PATH")
-    if scheme == "sqlite":
+    check_url(url)
+    if url.startswith("sqlite"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     return _rdb(url)
 

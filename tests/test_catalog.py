@@ -83,3 +83,15 @@ def test_unknown_and_missing_types_fail_with_the_name():
 
 def test_names_are_case_insensitive_but_spelled_as_ggml():
     assert get_type("Q4_k").name == "q4_K" and get_type("IQ4_KS").name == "iq4_ks"
+
+
+def test_ik_files_sizes_from_their_types(smollm2):
+    """Real ik llama-quantize outputs (row-scaled iq4_ks / iq2_ks / iq3_ks...): the bytes the
+    catalog gives for each tensor's stored type equal the file's tensor data bytes."""
+    ik = json.loads((FIXTURES / "ik-mix-types.json").read_text())["as_recipe"]
+    for name, f in ik.items():
+        for tensor, type_ in f["tensor_types"].items():
+            assert tensor_nbytes(type_, smollm2.tensors[tensor].shape) == f["tensor_nbytes"][tensor]
+        written = {k: v for k, v in f["tensor_types"].items()
+                   if k in {t.name for t in smollm2.quantizable("ik")}}
+        assert plan_bytes(smollm2, resolve_plan(smollm2, written, "ik"), "ik") == f["nbytes"], name
