@@ -32,3 +32,19 @@ def test_corpus_too_short(tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("Too short for a chunk of 512 tokens.")
     assert "needs at least" in run_search(tmp_path, "--budget", "5bpw", "-f", str(short))
+
+
+def test_study_files_parse_and_the_command_line_wins(tmp_path):
+    from pathlib import Path
+
+    from search._options import merge
+
+    demo = Path(__file__).parents[1] / "studies" / "smollm2-demo.toml"
+    o = merge({"trials": 5}, str(demo))
+    assert o.budget == "4.51bpw" and o.trials == 5 and o.study == "smollm2-demo"
+    gemma = merge({"model": "x.gguf"}, str(demo.with_name("gemma3-27b-qat-ik.toml")))
+    assert gemma.types == ["iq4_ks", "iq3_k", "q6_0", "q8_0"] and gemma.target == "ik"
+    bad = tmp_path / "bad.toml"
+    bad.write_text('budget = "4bpw"\nbudgett = 3\n')
+    with pytest.raises(Exception, match="unknown option 'budgett'"):
+        merge({}, str(bad))

@@ -111,3 +111,28 @@ def test_two_workers_share_one_study(tmp_path, mode, request):
     done = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(done) == 8 and len({t.number for t in done}) == 8
     assert len({t.user_attrs["worker"]["pid"] for t in done}) == 2
+
+
+def test_wilcoxon_prunes_clearly_worse_candidates_early():
+    from _study_worker import SyntheticEvaluator, TYPES
+    from objectives import default_model_path, open_gguf
+    from search._allocate import unit_table
+    from search._space import build_space
+    from search._study import RecipeObjective
+
+    class Long(SyntheticEvaluator):
+        n_chunks = 16
+
+    model = open_gguf(default_model_path())
+    space = build_space(model, "mainline", TYPES)
+    obj = RecipeObjective(space, unit_table(space), BUDGET, Long(), stage=2, seed=0)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=3),
+                                pruner=optuna.pruners.WilcoxonPruner(p_threshold=0.1,
+                                                                     n_startup_steps=2))
+    best = {n: "q4_1" for g in space.groups for n in g.tensors}  # least damage of the types
+    study.enqueue_trial({}, user_attrs={"warm_start": "good", "warm_plan": best})
+    study.optimize(obj, n_trials=6)
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned, "no candidate was pruned"
+    assert all(len(t.intermediate_values) < 16 for t in pruned)
+    assert study.best_trial.user_attrs.get("warm_start") == "good"
