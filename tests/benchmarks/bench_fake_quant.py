@@ -20,10 +20,16 @@ import pytest
 
 import quant
 
-TYPES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "iq4_xs", "mxfp4"]
-IMATRIX_TYPES = {"q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "iq4_xs"}
+TYPES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "iq4_xs", "mxfp4",
+         "q2_K", "q3_K", "q4_K", "q5_K", "q6_K"]
+IMATRIX_TYPES = {"q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "iq4_xs", "q2_K", "q3_K", "q4_K",
+                 "q5_K", "q6_K"}
 GGUF_PY_TYPES = {"f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "mxfp4"}
-IK_ONLY = [("q6_0", False), ("q6_0", True), ("iq4_xs", True), ("q4_1", True)]
+# ik's own quantizers (no C library of ik in the run: absolute rates, and the ratio to our
+# mainline q4_0 of the same run as the machine-independent figure)
+IK_TYPES = ["q6_0", "q4_1", "iq4_xs", "q4_K", "q6_K", "iq2_k", "iq3_k", "iq4_k", "iq5_k", "iq6_k",
+            "iq2_ks", "iq3_ks", "iq4_ks", "iq5_ks", "iq4_kss", "iq2_kl"]
+IK_ONLY = [(t, w) for t in IK_TYPES for w in (False, True)]
 
 
 def _best_time(fn, reps: int) -> float:
@@ -104,6 +110,8 @@ def test_bench_fake_quant():
             same = np.array_equal(ours, theirs)
             print(f"{name:8s} {str(use_w):7s} {jr / 1e6:9.2f} {rr / 1e6:9.2f} {jr / rr:8.2f}  "
                   f"{'identical' if same else 'DIFFER'}")
+    q40 = _jax_rate("q4_0", x, None, "mainline", reps)
+    print(f"\nik quantizers (ratio: to our mainline q4_0 without imatrix, {q40 / 1e6:.2f} Mw/s)")
     for name, use_w in IK_ONLY:
         jr = _jax_rate(name, x, w if use_w else None, "ik", reps)
-        print(f"{name + ' ik':8s} {str(use_w):7s} {jr / 1e6:9.2f} {'-':>9s} {'-':>8s}")
+        print(f"{name + ' ik':12s} {str(use_w):7s} {jr / 1e6:9.2f} {jr / q40:8.3f}")
