@@ -10,6 +10,14 @@ import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
+# property tests draw the same examples on every run (CI must not be flaky); set
+# HYPOTHESIS_PROFILE=explore to draw new ones
+from hypothesis import settings  # noqa: E402
+
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(__import__("os").environ.get("HYPOTHESIS_PROFILE", "ci"))
+
 
 @pytest.fixture(scope="session")
 def smollm2():

@@ -67,16 +67,20 @@ def test_mxfp4_equals_gguf_py(x):
 
 
 @pytest.mark.parametrize("name,target", [("iq4_nl", "mainline"), ("iq4_xs", "ik")])
-@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+          derandomize=True)
 @given(x=rows(shapes=((3, 256),)), with_w=st.booleans())
 def test_iq4_sane(name, target, x, with_w):
     w = np.random.default_rng(0).random(x.shape[1]).astype(np.float32) + 0.01 if with_w else None
     y = np.asarray(quant.fake_quant(x, name, w, target))
-    fits_f16 = np.max(np.abs(x), axis=1) < 60000
+    amax = np.max(np.abs(x), axis=1, keepdims=True)
+    fits_f16 = amax[:, 0] < 60000
     assert np.all(np.isfinite(y[fits_f16]))
     assert np.all(y[~np.any(x, axis=1)] == 0)
-    amax = np.max(np.abs(x), axis=1, keepdims=True)
-    assert np.all((np.abs(y - x) <= amax * 0.6 + 1e-30)[fits_f16])
+    # the error bound needs fp16 block scales in the normal range (d ~ amax / 4064 >= 2^-14);
+    # smaller rows get subnormal scales, in ggml as here
+    normal = fits_f16 & (amax[:, 0] >= 4064 * 2.0 ** -14)
+    assert np.all((np.abs(y - x) <= amax * 0.6)[normal])
 
 
 def test_mxfp4_exponent_matches_libm_log2f_near_powers_of_two():
