@@ -99,3 +99,52 @@ def test_export_both_formats(tmp_path):
 def test_export_errors(tmp_path, change, fmt, msg):
     recipe = _recipe_file(tmp_path, **change)
     assert msg in run("export", recipe, "--format", fmt, "-o", str(tmp_path), ok=False).stderr
+
+
+def test_eval_of_the_release_recipe_is_near_lossless(tmp_path):
+    """The release file's own types give back its weights exactly (q4_1 on a q4_1 grid): what
+    remains is llama.cpp's activation rounding, a KLD of about 0.003 on this model."""
+    recipe = _recipe_file(tmp_path)
+    r = json.loads(run("eval", "--recipe", recipe, "--ctx", "128", "--chunks", "2",
+                       "--json").stdout)
+    for key in ("ppl", "ppl_err", "ppl_base", "kld_mean", "kld_err", "kld_median", "kld_p99",
+                "kld_p999", "kld_max", "same_top_p", "rms_dp", "n_tokens"):
+        assert key in r
+    assert r["n_tokens"] == 2 * (128 - 1 - 64)
+    assert 0 < r["kld_mean"] < 0.02 and r["same_top_p"] > 0.9
+    off = json.loads(run("eval", "--recipe", recipe, "--ctx", "128", "--chunks", "2",
+                         "--no-act-round", "--json").stdout)
+    assert off["kld_mean"] < 1e-6
+
+
+def test_dashboard_serves_a_study(tmp_path):
+    import socket
+    import time
+    import urllib.request
+
+    import optuna
+
+    study_dir = tmp_path / "st" / "demo"
+    study_dir.mkdir(parents=True)
+    optuna.create_study(study_name="demo", storage=f"sqlite:///{study_dir / 'study.db'}")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    p = subprocess.Popen([sys.executable, "-m", "search", "dashboard", "--study", "demo",
+                          "--studies-dir", str(tmp_path / "st"), "--port", str(port)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for _ in range(120):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=2) as r:
+                    assert r.status == 200 and b"demo" in r.read()
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError("dashboard did not answer")
+    finally:
+        p.kill()
+        p.wait()
+    assert "no study named nope" in run("dashboard", "--study", "nope", "--studies-dir",
+                                        str(tmp_path / "st"), ok=False).stderr

@@ -136,3 +136,17 @@ def test_wilcoxon_prunes_clearly_worse_candidates_early():
     assert pruned, "no candidate was pruned"
     assert all(len(t.intermediate_values) < 16 for t in pruned)
     assert study.best_trial.user_attrs.get("warm_start") == "good"
+
+
+def test_pareto_runs_bytes_against_kld(objective):
+    from dataclasses import replace
+
+    obj = replace(objective, pareto=True, _seen={})
+    obj.__post_init__()
+    study = optuna.create_study(directions=["minimize", "minimize"],
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(obj, n_trials=5)
+    for t in study.get_trials(states=(TrialState.COMPLETE,)):
+        assert t.values[0] == t.user_attrs["bytes"] <= BUDGET
+        assert t.values[1] == pytest.approx(t.user_attrs["kld_mean"])
+    assert study.best_trials
