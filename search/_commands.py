@@ -11,6 +11,7 @@ from quant import searchable_types
 from objectives import GGUFModel, default_model_path, open_gguf
 
 from ._budget import check_reachable, human_size, parse_budget
+from ._progress import StageBar
 from ._recipe import load_recipe, recipe_from_gguf, save_recipe
 from ._sizes import plan_bytes, reachable, tensor_options, uniform_plans
 
@@ -134,36 +135,14 @@ def evaluate_recipe(model_path, recipe_path: Path, imatrix: str | None, text: st
     plan = resolve_plan(model, recipe["tensors"], recipe["target"])
     imat = read_imatrix(imatrix).for_quantizer() if imatrix else None
     tokens = corpus_tokens(model, read_corpus(text, "eval"))
-    bar = _bar() if progress else None
+    bar = StageBar(progress)
     try:
         res = evaluate(model, recipe=plan, imatrix=imat, tokens=tokens, ctx=ctx, n_chunks=chunks,
                        base_cache=Path("studies") / ".cache" / "base", act_round=act_round,
                        target=recipe["target"], progress=bar)
     finally:
-        if bar:
-            bar.close()
+        bar.close()
     return {k: (float(v) if hasattr(v, "dtype") else v) for k, v in res.items()}
-
-
-class _bar:
-    """tqdm per evaluation stage (base, eval), fed by the evaluator's progress calls."""
-
-    def __init__(self) -> None:
-        self.t, self.stage = None, None
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        from tqdm import tqdm
-
-        if stage != self.stage:
-            self.close()
-            self.t, self.stage = tqdm(total=total, desc=f"{stage} layers", leave=False), stage
-        self.t.n = done
-        self.t.refresh()
-
-    def close(self) -> None:
-        if self.t is not None:
-            self.t.close()
-            self.t = None
 
 
 def format_eval(r: dict) -> str:

@@ -23,13 +23,14 @@ from quant import UserError, has_quantizer, searchable_types, type_in_target
 from objectives import GGUFModel
 
 from . import _warm
-from ._allocate import UnitTable, to_plan, total, unit_table
-from ._budget import check_reachable, human_size, parse_budget
+from ._allocate import UnitTable, to_plan, unit_table
+from ._budget import check_reachable, parse_budget
 from ._options import SearchOptions
+from ._progress import StageBar
 from ._recipe import build_recipe, provenance, save_recipe
 from ._space import Space, build_space
 from ._storage import check_url, default_url, open_storage, reap_dead_workers
-from ._study import OBJECTIVES, RecipeObjective, plan_sha
+from ._study import OBJECTIVES, RecipeObjective
 
 DEFAULT_EXCLUDE = ("f32", "f16", "bf16")
 
@@ -276,29 +277,6 @@ def prior_loss(p: Prepared, cache, progress=None) -> dict[str, np.ndarray]:
     return out
 
 
-class _Progress:
-    """One tqdm bar per stage, on stderr; silent with --json."""
-
-    def __init__(self, enabled: bool) -> None:
-        self.enabled, self.bar, self.stage = enabled, None, None
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if not self.enabled:
-            return
-        from tqdm import tqdm
-
-        if stage != self.stage:
-            self.close()
-            self.bar, self.stage = tqdm(total=total, desc=stage, leave=False), stage
-        self.bar.n = done
-        self.bar.refresh()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = self.stage = None
-
-
 def _trial_bar(study: optuna.Study, n_trials: int | None, enabled: bool):
     from tqdm import tqdm
 
@@ -341,7 +319,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     model = load_model(opts.model)
     p = prepare(opts, model)
     imatrix = load_imatrix(opts)
-    bar = _Progress(not opts.json)
+    bar = StageBar(not opts.json)
     calib = session(p, "calib", opts.chunks, imatrix, bar)
     p.table = unit_table(p.space, prior_loss(p, calib.cache, bar))
     bar.close()
@@ -402,7 +380,7 @@ def finish(p: Prepared, study: optuna.Study, imatrix: dict | None) -> dict[str, 
 
     out = p.opts.study_dir()
     out.mkdir(parents=True, exist_ok=True)
-    bar = _Progress(not p.opts.json)
+    bar = StageBar(not p.opts.json)
     heldout = session(p, "eval", p.opts.eval_chunks, imatrix, bar)
     rows = _heldout_rows(p, study, heldout)
     bar.close()
