@@ -17,9 +17,12 @@ from ._imatrix import Imatrix
 from ._imatrix import read_imatrix
 from ._model_file import default_model_path
 from ._models import supported_architectures
+from ._scores import collect_scores
+from ._scores import measure_sensitivity
 from ._session import EvalSession
 from ._tokenizer import Tokenizer
 
 __all__ = ["EvalSession", "GGUFError", "GGUFModel", "Hparams", "Imatrix", "TensorInfo", "Tokenizer",
            "corpus_tokens", "default_corpus", "default_model_path", "evaluate", "is_quantizable",
-           "make_chunks", "open_gguf", "read_corpus", "read_imatrix", "supported_architectures"]
+           "collect_scores", "make_chunks", "measure_sensitivity", "open_gguf", "read_corpus",
+           "read_imatrix", "supported_architectures"]

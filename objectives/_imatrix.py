@@ -35,10 +35,17 @@ class Imatrix:
         m = np.where(c[:, None] > 0, s / np.maximum(c, 1)[:, None], 1.0)
         return m.astype(np.float32).reshape(-1)
 
-    def for_quantizer(self) -> dict[str, np.ndarray]:
-        """Per tensor the values llama-quantize passes (2-D: [ne0]; experts: [n_mat, ne0])."""
-        return {n: (self.mean(n) if len(self.counts[n]) == 1 else
-                    self.mean(n).reshape(len(self.counts[n]), -1)) for n in self.sums}
+    def for_quantizer(self, model=None) -> dict[str, np.ndarray]:
+        """Per tensor the values llama-quantize passes (2-D: [ne0]; experts: [n_mat, ne0]).
+        A legacy .dat entry holds experts as one flat vector: ``model`` gives their ne0."""
+        out = {}
+        for n in self.sums:
+            m = self.mean(n)
+            ne0 = model.tensors[n].ne[0] if model is not None and n in model.tensors else None
+            rows = len(self.counts[n]) if len(self.counts[n]) > 1 else \
+                (len(m) // ne0 if ne0 and len(m) > ne0 else 1)
+            out[n] = m if rows == 1 else m.reshape(rows, -1)
+        return out
 
 
 def read_imatrix(path: str | Path) -> Imatrix:
@@ -107,13 +114,21 @@ def _read_dat(path: Path) -> Imatrix:
     return im
 
 
+def _dat_values(sums: np.ndarray, counts: np.ndarray, ncall: int) -> np.ndarray:
+    """mainline's legacy writer, in float32: (sum/count)*ncall, 1*ncall where count is 0."""
+    v = sums.astype(np.float32)
+    c = np.broadcast_to(counts.astype(np.float32)[:, None], v.shape)
+    v, c = np.where(c == 0, np.float32(1), v), np.where(c == 0, np.float32(1), c)
+    return ((v / c) * np.float32(ncall)).astype(np.float32).reshape(-1)
+
+
 def write_dat(im: Imatrix, path: str | Path) -> Path:
     """Legacy format: per entry name, ncall, nval, mean*ncall (ncall = chunks seen)."""
     path = Path(path)
     out = [struct.pack("<i", len(im.sums))]
+    ncall = max(im.chunk_count, 1)
     for name in sorted(im.sums):
-        ncall = max(im.chunk_count, 1)
-        vals = (im.mean(name).astype(np.float64) * ncall).astype(np.float32)
+        vals = _dat_values(im.sums[name], im.counts[name], ncall)
         b = name.encode()
         out += [struct.pack("<i", len(b)), b, struct.pack("<ii", ncall, len(vals)), vals.tobytes()]
     ds = (im.datasets[0] if im.datasets else "").encode()
@@ -123,18 +138,22 @@ def write_dat(im: Imatrix, path: str | Path) -> Path:
 
 
 def write_gguf(im: Imatrix, path: str | Path) -> Path:
-    """GGUF imatrix: ``NAME.in_sum2`` [n_mat, ne0] raw sums, ``NAME.counts`` [n_mat, 1]."""
+    """GGUF imatrix as mainline writes it: ``NAME.in_sum2`` ggml [ne0, n_mat] raw sums and
+    ``NAME.counts`` [1, n_mat] (trailing 1-dims dropped, so dense entries are [ne0] and [1])."""
     import gguf
 
     path = Path(path)
     w = gguf.GGUFWriter(path, arch="imatrix")
+    w.kv_data[0].pop("general.architecture", None)  # mainline's file has no architecture key
     w.add_type("imatrix")
     w.add_array("imatrix.datasets", im.datasets or ["unknown"])
     w.add_uint32("imatrix.chunk_count", im.chunk_count)
     w.add_uint32("imatrix.chunk_size", im.chunk_size)
     for name in sorted(im.sums):
-        w.add_tensor(name + ".in_sum2", im.sums[name].astype(np.float32))
-        w.add_tensor(name + ".counts", im.counts[name].astype(np.float32).reshape(-1, 1))
+        sums = im.sums[name].astype(np.float32)
+        w.add_tensor(name + ".in_sum2", sums.reshape(-1) if len(sums) == 1 else sums)
+        counts = im.counts[name].astype(np.float32)
+        w.add_tensor(name + ".counts", counts if len(counts) == 1 else counts.reshape(-1, 1))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

@@ -116,7 +116,10 @@ def _search_parser() -> argparse.ArgumentParser:
     a("--ctx", type=int, help="context size (default 512)")
     a("--chunks", type=int, help="calibration chunks per trial (default 8)")
     a("--eval-chunks", type=int, help="held-out chunks of the final comparison (default 16)")
-    a("--imatrix", help="importance matrix (.dat or GGUF) used to quantize")
+    a("--imatrix", help="importance matrix (.dat or GGUF) to quantize with (default: computed "
+      "on the calibration text, as llama-imatrix does)")
+    a("--no-imatrix", action="store_true", default=None, help="quantize without an imatrix")
+    a("--imatrix-chunks", type=int, help="chunks of our imatrix pass (default 32)")
     a("--studies-dir", help="home of study storage and outputs (default: studies)")
     a("--json", action="store_true", default=None, help="print the summary as JSON")
     return p

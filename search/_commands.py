@@ -133,7 +133,7 @@ def evaluate_recipe(model_path, recipe_path: Path, imatrix: str | None, text: st
     model = load_model(model_path)
     recipe = load_recipe(recipe_path)
     plan = resolve_plan(model, recipe["tensors"], recipe["target"])
-    imat = read_imatrix(imatrix).for_quantizer() if imatrix else None
+    imat = read_imatrix(imatrix).for_quantizer(model) if imatrix else None
     tokens = corpus_tokens(model, read_corpus(text, "eval"))
     bar = StageBar(progress)
     try:

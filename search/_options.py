@@ -38,7 +38,9 @@ class SearchOptions:
     ctx: int = 512
     chunks: int = 8  # calibration chunks per trial
     eval_chunks: int = 16  # held-out chunks for the final comparison
-    imatrix: str | None = None
+    imatrix: str | None = None  # default: our own llama-imatrix pass over the calibration text
+    no_imatrix: bool = False
+    imatrix_chunks: int = 32
     studies_dir: str = "studies"
     json: bool = False
 

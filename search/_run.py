@@ -47,6 +47,7 @@ class Prepared:
     table: UnitTable
     budget: int
     spec: dict
+    imatrix_path: str | None = None
 
 
 def default_types(target: str) -> list[str]:
@@ -78,7 +79,8 @@ def prepare(opts: SearchOptions, model: GGUFModel) -> Prepared:
     spec = {"model": model.identity()["sha256_header_and_heads"], "target": opts.target,
             "budget_bytes": budget, "types": types, "pins": list(opts.pins),
             "objective": opts.objective, "pareto": opts.pareto, "ctx": opts.ctx,
-            "chunks": opts.chunks, "calib": opts.calib or "bundled"}
+            "chunks": opts.chunks, "calib": opts.calib or "bundled",
+            "imatrix": "none" if opts.no_imatrix else (opts.imatrix or f"own:{opts.imatrix_chunks}")}
     return Prepared(opts, model, space, unit_table(space), budget, spec)
 
 
@@ -148,7 +150,7 @@ def _mixes(p: Prepared):
 
     for ftype in FTYPES[p.opts.target]:
         try:
-            plan = mix_types(p.model, ftype, p.opts.target, imatrix=p.opts.imatrix is not None)
+            plan = mix_types(p.model, ftype, p.opts.target, imatrix=not p.opts.no_imatrix)
         except UserError:
             continue
         if all(has_quantizer(t, p.opts.target) for t in set(plan.values())):
@@ -218,12 +220,55 @@ def cache_dir(opts: SearchOptions) -> Path:
     return Path(opts.studies_dir) / ".cache"
 
 
-def load_imatrix(opts: SearchOptions) -> dict | None:
-    if not opts.imatrix:
-        return None
+def scores(p: Prepared, progress=None) -> tuple[dict | None, dict[int, float], str | None]:
+    """(imatrix for the quantizers, layer similarity {layer: cos}, path of the imatrix used).
+
+    Our own llama-imatrix pass over the calibration text gives both, once per (model, text,
+    ctx, chunks): cached as GGUF imatrix + JSON under studies/.cache/scores/. ``--imatrix FILE``
+    replaces the imatrix; ``--no-imatrix`` quantizes without one."""
     from objectives._imatrix import read_imatrix
 
-    return read_imatrix(opts.imatrix).for_quantizer()
+    im_path, sim = _collected(p, progress)
+    if p.opts.imatrix:
+        im_path = Path(p.opts.imatrix)
+    imatrix = None if p.opts.no_imatrix else read_imatrix(im_path).for_quantizer(p.model)
+    return imatrix, sim, None if p.opts.no_imatrix else str(im_path)
+
+
+def _collected(p: Prepared, progress) -> tuple[Path, dict[int, float]]:
+    import hashlib
+
+    from objectives._corpus import read_corpus
+    from objectives._eval import corpus_tokens
+    from objectives._imatrix import write_gguf
+    from objectives._scores import collect_scores
+
+    text = read_corpus(p.opts.calib, "calib")
+    key = hashlib.sha256(json.dumps([p.spec["model"], text, p.opts.ctx,
+                                     p.opts.imatrix_chunks]).encode()).hexdigest()[:16]
+    folder = cache_dir(p.opts) / "scores"
+    im_path, sim_path = folder / f"imatrix-{key}.gguf", folder / f"similarity-{key}.json"
+    if not (im_path.is_file() and sim_path.is_file()):
+        tokens = corpus_tokens(p.model, text)
+        im, sim = collect_scores(p.model, tokens, p.opts.ctx, p.opts.imatrix_chunks,
+                                 progress=progress)
+        folder.mkdir(parents=True, exist_ok=True)
+        im.datasets = [p.opts.calib or "bundled calib.txt"]
+        write_gguf(im, im_path)
+        sim_path.write_text(json.dumps({k: {str(L): c for L, c in v.items()}
+                                        for k, v in sim.items()}))
+    sim = json.loads(sim_path.read_text())
+    return im_path, {int(L): c for L, c in sim.get("layer", {}).items()}
+
+
+def check_corpora(p: Prepared) -> None:
+    """Both texts exist and hold at least one chunk (a UserError before any long work)."""
+    from objectives._corpus import read_corpus
+    from objectives._eval import bos_id, corpus_tokens, make_chunks
+
+    for kind, path in (("calib", p.opts.calib), ("eval", p.opts.eval_file)):
+        make_chunks(corpus_tokens(p.model, read_corpus(path, kind)), p.opts.ctx, 1,
+                    bos_id(p.model))
 
 
 def session(p: Prepared, kind: str, n_chunks: int, imatrix: dict | None, progress=None):
@@ -318,13 +363,14 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
 
     model = load_model(opts.model)
     p = prepare(opts, model)
-    imatrix = load_imatrix(opts)
     bar = StageBar(not opts.json)
+    check_corpora(p)
+    imatrix, similarity, p.imatrix_path = scores(p, bar)
     calib = session(p, "calib", opts.chunks, imatrix, bar)
     p.table = unit_table(p.space, prior_loss(p, calib.cache, bar))
     bar.close()
     study = open_study(p)
-    enqueue(study, p, warm_starts(p, None, p.table))
+    enqueue(study, p, warm_starts(p, similarity, p.table))
     workers = [_spawn_worker(opts) for _ in range(opts.jobs - 1)]
     try:
         optimize(study, objective(p, calib, p.opts.study_dir() / "artifacts"), opts)
@@ -349,7 +395,8 @@ def worker_main(opts: SearchOptions) -> None:
 
     opts = replace(opts, json=True, seed=opts.seed + 1 + mp.current_process().pid % 9973)
     p = prepare(opts, load_model(opts.model))
-    calib = session(p, "calib", opts.chunks, load_imatrix(opts))
+    imatrix, _, p.imatrix_path = scores(p)
+    calib = session(p, "calib", opts.chunks, imatrix)
     p.table = unit_table(p.space, prior_loss(p, calib.cache))
     optimize(open_study(p), objective(p, calib, p.opts.study_dir() / "artifacts"), opts)
 
@@ -388,7 +435,7 @@ def finish(p: Prepared, study: optuna.Study, imatrix: dict | None) -> dict[str, 
     calib_metrics = {k: best.user_attrs[k] for k in OBJECTIVES.values() if k in best.user_attrs}
     recipe = build_recipe(p.model, best.user_attrs["recipe"], p.opts.target,
                           objectives={"heldout": rows[0], "calibration": calib_metrics},
-                          prov=provenance(p.opts.calib, p.opts.imatrix))
+                          prov=provenance(p.opts.calib, p.imatrix_path))
     path = save_recipe(recipe, out / "recipe.json")
     imat_file = _write_imatrix(p, out)
     plan = plan_export(recipe["tensors"], recipe["shapes"], p.opts.target, imat_file,
@@ -403,11 +450,11 @@ def finish(p: Prepared, study: optuna.Study, imatrix: dict | None) -> dict[str, 
 
 def _write_imatrix(p: Prepared, out: Path) -> Path | None:
     """The imatrix the study used, in the target's format (ik reads only .dat)."""
-    if not p.opts.imatrix:
+    if not p.imatrix_path:
         return None
     from objectives._imatrix import read_imatrix, write_dat, write_gguf
 
-    im = read_imatrix(p.opts.imatrix)
+    im = read_imatrix(p.imatrix_path)
     if p.opts.target == "ik":
         return write_dat(im, out / "imatrix.dat")
     return write_gguf(im, out / "imatrix.gguf")

@@ -30,8 +30,8 @@ def _bars_svg(rows: list[dict], width: int = 900, height: int = 260) -> str:
     top = max([v for k, _, _ in SERIES for v in _importance(rows, k).values()] + [1e-9])
     slot, pad = (width - 60) / n, 30
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 50}">',
-           f'<text x="10" y="15" font-size="13">layer importance: 1 - |cos| (higher = more '
-           f'important)</text>']
+           '<text x="10" y="15" font-size="13">layer importance: 1 - |cos| (higher = more '
+           'important)</text>']
     for si, (key, label, color) in enumerate(SERIES):
         vals = _importance(rows, key)
         out.append(f'<rect x="{width - 240 + 80 * si}" y="5" width="10" height="10" '

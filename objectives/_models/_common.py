@@ -7,7 +7,8 @@
     attention(q [B, T, H, hd], k, v [B, T, Hkv, hd], window, ...) -> [B, T, H*hd]
                                                    causal, GQA; window <= 0: no window
     linear(x [..., n_in], w [n_out, n_in], act) -> [..., n_out]; x rounded first as ggml's CPU
-                                                   matmul rounds it (``act``, see ACT_*)
+                                                   matmul rounds it (``act``, see ACT_*); while
+                                                   ``TAP`` is a list, (w, x) is appended to it
 
 Activation rounding codes (``act``, a traced int32 so a recipe change never recompiles):
 ACT_NONE (f32 weights), ACT_Q8_0 (32-block 8-bit, scale fp16), ACT_Q8_K (256-block 8-bit,
@@ -129,7 +130,12 @@ def round_activations(x, act):
     return lax.switch(act, branches, x)
 
 
+TAP: list | None = None  # while tracing a capturing step: (w, x) of every matmul, in order
+
+
 def linear(x, w, act):
     """x @ w.T with ggml's activation rounding.  # [..., n_in] x [n_out, n_in] -> [..., n_out]"""
+    if TAP is not None:  # the f32 input llama-imatrix's callback sees (before the rounding)
+        TAP.append((w, x))
     x = round_activations(x, act)
     return jnp.einsum("...i,oi->...o", x, w, precision=HIGHEST)
