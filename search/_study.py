@@ -99,18 +99,23 @@ class RecipeObjective:
         return (float(nbytes), value) if self.pareto else value
 
     def _evaluate(self, trial: optuna.Trial, plan: dict[str, str]) -> dict:
+        """Stage by stage; warm starts (the baselines) and the last stage are never pruned."""
         stats: list[Any] = []
+        prunable = not self.pareto and "warm_start" not in trial.user_attrs
         for start in range(0, len(self.order), self.stage):
             chunks = self.order[start:start + self.stage]
             stats += self.evaluator.run(plan, chunks)
-            if not self.pareto:
-                self._report(trial, chunks, stats)
+            self._report(trial, chunks, stats,
+                         prune=prunable and start + self.stage < len(self.order))
         return self.evaluator.summarize(stats)
 
-    def _report(self, trial: optuna.Trial, chunks: list[int], stats: list[Any]) -> None:
+    def _report(self, trial: optuna.Trial, chunks: list[int], stats: list[Any],
+                prune: bool) -> None:
+        if self.pareto:  # multi-objective studies take no intermediate values
+            return
         for c, s in zip(chunks, stats[-len(chunks):]):
             trial.report(self.evaluator.chunk_kld(s), step=c)
-        if trial.should_prune():
+        if prune and trial.should_prune():
             trial.set_user_attr("pruned_kld_mean", float(np.mean(
                 [self.evaluator.chunk_kld(s) for s in stats])))
             raise optuna.TrialPruned()

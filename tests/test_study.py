@@ -130,8 +130,12 @@ def test_wilcoxon_prunes_clearly_worse_candidates_early():
                                 pruner=optuna.pruners.WilcoxonPruner(p_threshold=0.1,
                                                                      n_startup_steps=2))
     best = {n: "q4_1" for g in space.groups for n in g.tensors}  # least damage of the types
+    worst = {n: "q4_0" for n in best}
     study.enqueue_trial({}, user_attrs={"warm_start": "good", "warm_plan": best})
-    study.optimize(obj, n_trials=6)
+    study.enqueue_trial({}, user_attrs={"warm_start": "bad", "warm_plan": worst})
+    study.optimize(obj, n_trials=7)
+    bad = next(t for t in study.trials if t.user_attrs.get("warm_start") == "bad")
+    assert bad.state == TrialState.COMPLETE  # warm starts are baselines: never pruned
     pruned = study.get_trials(states=(TrialState.PRUNED,))
     assert pruned, "no candidate was pruned"
     assert all(len(t.intermediate_values) < 16 for t in pruned)
