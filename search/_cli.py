@@ -120,6 +120,9 @@ def _search_parser() -> argparse.ArgumentParser:
       "on the calibration text, as llama-imatrix does)")
     a("--no-imatrix", action="store_true", default=None, help="quantize without an imatrix")
     a("--imatrix-chunks", type=int, help="chunks of our imatrix pass (default 32)")
+    a("--measure", action="store_true", default=None, help="measure every group's sensitivity "
+      "first (stored and reused; slow): the MILP warm start then optimizes measured KLD")
+    a("--measure-chunks", type=int, help="chunks per sensitivity measurement (default 4)")
     a("--studies-dir", help="home of study storage and outputs (default: studies)")
     a("--json", action="store_true", default=None, help="print the summary as JSON")
     return p

@@ -41,6 +41,8 @@ class SearchOptions:
     imatrix: str | None = None  # default: our own llama-imatrix pass over the calibration text
     no_imatrix: bool = False
     imatrix_chunks: int = 32
+    measure: bool = False  # measure each role x layer group's delta KLD per type (MILP warm start)
+    measure_chunks: int = 4
     studies_dir: str = "studies"
     json: bool = False
 

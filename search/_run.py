@@ -48,6 +48,7 @@ class Prepared:
     budget: int
     spec: dict
     imatrix_path: str | None = None
+    ties: tuple = ()
 
 
 def default_types(target: str) -> list[str]:
@@ -81,7 +82,7 @@ def prepare(opts: SearchOptions, model: GGUFModel) -> Prepared:
             "objective": opts.objective, "pareto": opts.pareto, "ctx": opts.ctx,
             "chunks": opts.chunks, "calib": opts.calib or "bundled",
             "imatrix": "none" if opts.no_imatrix else (opts.imatrix or f"own:{opts.imatrix_chunks}")}
-    return Prepared(opts, model, space, unit_table(space), budget, spec)
+    return Prepared(opts, model, space, unit_table(space), budget, spec, ties=ties)
 
 
 def open_study(p: Prepared) -> optuna.Study:
@@ -107,7 +108,8 @@ def open_study(p: Prepared) -> optuna.Study:
 
 
 def warm_starts(p: Prepared, layer_cos: dict[int, float] | None = None,
-                loss_table: UnitTable | None = None) -> list[tuple[str, np.ndarray]]:
+                loss_table: UnitTable | None = None,
+                milp_name: str = "milp") -> list[tuple[str, np.ndarray]]:
     """(name, unit choice) of every warm start that applies, each within the budget."""
     fixed, out = p.space.fixed_bytes, []
     out += _warm.uniform(p.table, p.budget, fixed)
@@ -121,7 +123,7 @@ def warm_starts(p: Prepared, layer_cos: dict[int, float] | None = None,
     if loss_table is not None:
         c = _warm.milp(loss_table, p.budget, fixed)
         if c is not None:
-            out.append(("milp", c))
+            out.append((milp_name, c))
     return out
 
 
@@ -307,6 +309,35 @@ def _plain(d: dict) -> dict:
     return {k: (float(v) if isinstance(v, (np.floating, float)) else v) for k, v in d.items()}
 
 
+def measured_loss(p: Prepared, imatrix, progress=None) -> dict[str, np.ndarray] | None:
+    """--measure: per group [n_tensors, n_options] the measured delta KLD of each tensor's
+    role x layer group at each option (stored measurements are reused, missing ones measured);
+    the loss table of the MILP warm start."""
+    if not p.opts.measure:
+        return None
+    from objectives._corpus import read_corpus
+    from objectives._eval import corpus_tokens
+    from objectives._scores import default_groups, measure_sensitivity
+    from quant import resolve
+
+    groups = default_groups(p.model, p.opts.target, p.ties)
+    tokens = corpus_tokens(p.model, read_corpus(p.opts.calib, "calib"))
+    sens = measure_sensitivity(p.model, groups, p.spec["types"], tokens, p.opts.ctx,
+                               p.opts.measure_chunks, p.opts.target, imatrix,
+                               cache_dir(p.opts) / "measure", progress=progress)
+    where = {n: g for g, names in groups.items() for n in names}
+    out = {}
+    for g in p.space.groups:
+        rows = []
+        for name in g.tensors:
+            shape, mg = p.model.tensors[name].shape, where[name]
+            per = {resolve(t, shape, p.opts.target): v / len(groups[mg])
+                   for t, v in sens.get(mg, {}).items()}
+            rows.append([per.get(o, np.nan) for o in g.options])
+        out[g.name] = np.array(rows)
+    return out
+
+
 def prior_loss(p: Prepared, cache, progress=None) -> dict[str, np.ndarray]:
     """Per group [n_tensors, n_options]: each tensor's output error energy at each option
     (quantizes every tensor at every option once; the cache keeps them for the trials)."""
@@ -368,9 +399,12 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     imatrix, similarity, p.imatrix_path = scores(p, bar)
     calib = session(p, "calib", opts.chunks, imatrix, bar)
     p.table = unit_table(p.space, prior_loss(p, calib.cache, bar))
+    measured = measured_loss(p, imatrix, bar)
     bar.close()
     study = open_study(p)
-    enqueue(study, p, warm_starts(p, similarity, p.table))
+    milp_table = unit_table(p.space, measured) if measured else p.table
+    enqueue(study, p, warm_starts(p, similarity, milp_table,
+                                  "milp-measured" if measured else "milp-prior"))
     workers = [_spawn_worker(opts) for _ in range(opts.jobs - 1)]
     try:
         optimize(study, objective(p, calib, p.opts.study_dir() / "artifacts"), opts)
