@@ -143,9 +143,20 @@ def _prepare(x, type_: str, imatrix, target: str):
     return t.name, x, None if imatrix is None else _check_imatrix(imatrix, x)
 
 
+def _quant_device():
+    """Quantizers run on the CPU backend: GPUs contract a*b+c into FMAs, which changes the
+    searches' choices (measured on an H200: q5_K 26% identical blocks, 18% more error)."""
+    return jax.default_device(jax.devices("cpu")[0])
+
+
 def quantize(x, type_: str, imatrix=None, target: str = "mainline") -> np.ndarray:
     """ggml bytes of ``x`` [..., ne0] as ``type_``: numpy uint8 [R, row_bytes].  A 3-D tensor of
     E experts may take an imatrix [E, ne0] (expert e is quantized with row e)."""
+    with _quant_device():
+        return _quantize(x, type_, imatrix, target)
+
+
+def _quantize(x, type_: str, imatrix, target: str) -> np.ndarray:
     name, x, w = _prepare(x, type_, imatrix, target)
     fn = _jit_quant(name, target, w is not None)
     if w is None:
@@ -156,7 +167,13 @@ def quantize(x, type_: str, imatrix=None, target: str = "mainline") -> np.ndarra
 
 
 def fake_quant(x, type_: str, imatrix=None, target: str = "mainline") -> jax.Array:
-    """dequantize(quantize(x)) as a jax f32 array of x's shape (two jitted stages, on device)."""
+    """dequantize(quantize(x)) as a jax f32 array of x's shape (two jitted stages, on the CPU
+    backend like ``quantize``)."""
+    with _quant_device():
+        return _fake_quant(x, type_, imatrix, target)
+
+
+def _fake_quant(x, type_: str, imatrix, target: str) -> jax.Array:
     name, x, w = _prepare(x, type_, imatrix, target)
     fn = _jit_fake(name, target, w is not None)
     if w is not None and w.ndim == 2:
