@@ -5,7 +5,8 @@ outputs made once with llama.cpp (tests/fixtures/forward/README.md) stay valid. 
 byte-level GPT-2 BPE with the 256 byte symbols, <s>, </s> and two merges (260 tokens).
 ``ARCHS`` names the variants: llama (tied output, BOS added, f32), llama-quant (llama's values
 stored as q8_0 / q4_0 / q4_1 / q5_0 / tq2_0: every activation-rounding kind), qwen2 (q/k/v
-biases, untied output), qwen3 (q/k norms), gemma3 (window of 8 on layers 0-1, layer 2 global).
+biases, untied output), qwen3 (q/k norms), gemma3 (window of 8 on layers 0-1, layer 2 global),
+mistral3 (llama.cpp's Mistral 3 architecture, llama-shaped).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-ARCHS = ("llama", "llama-quant", "qwen2", "qwen3", "gemma3")
+ARCHS = ("llama", "llama-quant", "qwen2", "qwen3", "gemma3", "mistral3")
 TEXT_SEED = 7
 _GGUF_ARCH = {"llama-quant": "llama"}
 _QUANT = {"attn_q": "Q8_0", "attn_k": "Q4_0", "attn_v": "Q4_1", "attn_output": "Q5_0",

@@ -43,11 +43,11 @@ def _max_err(ours, ref):
 
 
 def test_unknown_architecture_lists_supported():
-    with pytest.raises(UserError, match="supported: gemma3, llama, qwen2, qwen3"):
+    with pytest.raises(UserError, match="supported: gemma3, llama, mistral3, qwen2, qwen3"):
         family("mamba")
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3", "gemma3", "mistral3"])
 def test_log_probs_match_llama_cpp(arch, tiny_model):
     tokens, ref = _ref(arch)
     model = objectives.open_gguf(tiny_model(arch))

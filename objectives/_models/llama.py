@@ -19,10 +19,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from quant import UserError
+
 from . import _common as C
 
 LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-ARCHS = ("llama",)
+ARCHS = ("llama", "mistral3")  # mistral3 without YaRN/temperature is a llama
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,10 @@ def meta_get(model, key: str, default=None):
 def rope_scale(model) -> float:
     factor = meta_get(model, "rope.scaling.factor", 0.0) or 0.0
     kind = str(meta_get(model, "rope.scaling.type", "linear"))
-    return 1.0 / float(factor) if factor and kind in ("linear", "none") else 1.0
+    if (factor and kind not in ("linear", "none")) or meta_get(model, "attention.temperature_scale"):
+        raise UserError(f"{model.arch} with {kind} rope scaling or attention temperature is not "
+                        "supported by the JAX forward yet")
+    return 1.0 / float(factor) if factor else 1.0
 
 
 def base_config(model, **extra) -> dict:
