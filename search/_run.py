@@ -143,20 +143,23 @@ def _mix_start(p: Prepared) -> tuple[str, np.ndarray] | None:
     c = _warm.project(p.table, best[2], unit_bytes)
     from ._allocate import repair
 
-    return f"mix-{best[1]}", repair(p.table, c, p.budget, p.space.fixed_bytes, improve=False)
+    return f"mix-{best[1].replace(' --', '-')}", repair(p.table, c, p.budget, p.space.fixed_bytes, improve=False)
 
 
 def _mixes(p: Prepared):
-    """(FTYPE, plan) of llama.cpp's default mixes whose every type we can quantize."""
+    """(name, plan) of llama.cpp's default mixes, plain and ``--pure``, whose every type we
+    can quantize."""
     from ._mixes import FTYPES, mix_types
 
     for ftype in FTYPES[p.opts.target]:
-        try:
-            plan = mix_types(p.model, ftype, p.opts.target, imatrix=not p.opts.no_imatrix)
-        except UserError:
-            continue
-        if all(has_quantizer(t, p.opts.target) for t in set(plan.values())):
-            yield ftype, plan
+        for pure in (False, True):
+            try:
+                plan = mix_types(p.model, ftype, p.opts.target, imatrix=not p.opts.no_imatrix,
+                                 pure=pure)
+            except UserError:
+                continue
+            if all(has_quantizer(t, p.opts.target) for t in set(plan.values())):
+                yield ftype + (" --pure" if pure else ""), plan
 
 
 def _nbytes(model: GGUFModel, name: str, type_: str) -> int:
@@ -436,23 +439,29 @@ def worker_main(opts: SearchOptions) -> None:
 
 
 def _heldout_rows(p: Prepared, study: optuna.Study, heldout) -> list[dict]:
-    """The best recipe, every warm start and llama.cpp's default mixes within 10% of the
-    budget, all evaluated on the held-out text."""
+    """The best recipe, every warm start and llama.cpp's default mixes (plain and --pure)
+    within 10% of the budget, all evaluated on the held-out text; identical recipes once."""
     from ._sizes import plan_bytes
+    from ._study import plan_sha
 
-    rows, best = [], best_trial(study)
+    best = best_trial(study)
     named = [("best (trial %d)" % best.number, best.user_attrs["recipe"])]
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if "warm_start" in t.user_attrs and "recipe" in t.user_attrs:
             named.append((f"warm: {t.user_attrs['warm_start']}", t.user_attrs["recipe"]))
     for ftype, plan in _mixes(p):
-        nb = plan_bytes(p.model, plan, p.opts.target)
-        if abs(nb - p.budget) <= 0.1 * p.budget:
+        if abs(plan_bytes(p.model, plan, p.opts.target) - p.budget) <= 0.1 * p.budget:
             named.append((f"llama.cpp {ftype}", plan))
+    rows, seen = [], {}
     for name, plan in named:
+        sha = plan_sha(plan)
+        if sha in seen:
+            seen[sha]["name"] += f" = {name}"
+            continue
         nb = plan_bytes(p.model, plan, p.opts.target)
-        m = _plain(heldout.evaluate(plan))
-        rows.append({"name": name, "bytes": nb, "bpw": 8 * nb / p.model.n_elements, **m})
+        seen[sha] = {"name": name, "bytes": nb, "bpw": 8 * nb / p.model.n_elements,
+                     **_plain(heldout.evaluate(plan))}
+        rows.append(seen[sha])
     return rows
 
 
