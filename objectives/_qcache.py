@@ -77,9 +77,11 @@ class QuantCache:
         shape = self.model.tensors[name].shape
         return quant.dequantize(self.packed(name, type_), type_, shape, self.target)
 
-    def error(self, name: str, type_: str) -> float:
+    def error(self, name: str, type_: str, qw: np.ndarray | None = None) -> float:
+        """``qw`` weights the columns when the imatrix has no entry for this tensor (the
+        output head's inputs, which llama-imatrix does not collect for tied embeddings)."""
         w = self.model.f32(name)
         d = (w - self.values(name, type_)).astype(np.float64)
-        qw = self.imatrix.get(name)
+        qw = self.imatrix.get(name, qw)
         col = (d * d).reshape(-1, w.shape[-1]).sum(axis=0)
         return float(col @ (np.asarray(qw, np.float64) if qw is not None else np.ones_like(col)))

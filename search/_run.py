@@ -341,14 +341,20 @@ def measured_loss(p: Prepared, imatrix, progress=None) -> dict[str, np.ndarray] 
     return out
 
 
-def prior_loss(p: Prepared, cache, progress=None) -> dict[str, np.ndarray]:
+def prior_loss(p: Prepared, session, progress=None) -> dict[str, np.ndarray]:
     """Per group [n_tensors, n_options]: each tensor's output error energy at each option
-    (quantizes every tensor at every option once; the cache keeps them for the trials)."""
+    (quantizes every tensor at every option once; the cache keeps them for the trials). The
+    output head, which has no imatrix entry, is weighted by its inputs' mean squares (the base
+    model's final normed hidden states)."""
+    head = "token_embd.weight" if p.model.tied_embeddings else "output.weight"
+    head_qw = np.mean(np.square(session.base.hidden, dtype=np.float64), axis=0)
+    cache = session.cache
     out, n, done = {}, sum(g.nbytes.size for g in p.space.groups), 0
     for g in p.space.groups:
         rows = []
         for name in g.tensors:
-            rows.append([cache.error(name, o) for o in g.options])
+            qw = head_qw if name == head else None
+            rows.append([cache.error(name, o, qw) for o in g.options])
             done += len(g.options)
             if progress:
                 progress("quantize", done, n)
@@ -401,7 +407,7 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     check_corpora(p)
     imatrix, similarity, p.imatrix_path = scores(p, bar)
     calib = session(p, "calib", opts.chunks, imatrix, bar)
-    p.table = unit_table(p.space, prior_loss(p, calib.cache, bar))
+    p.table = unit_table(p.space, prior_loss(p, calib, bar))
     measured = measured_loss(p, imatrix, bar)
     bar.close()
     study = open_study(p)
@@ -434,7 +440,7 @@ def worker_main(opts: SearchOptions) -> None:
     p = prepare(opts, load_model(opts.model))
     imatrix, _, p.imatrix_path = scores(p)
     calib = session(p, "calib", opts.chunks, imatrix)
-    p.table = unit_table(p.space, prior_loss(p, calib.cache))
+    p.table = unit_table(p.space, prior_loss(p, calib))
     optimize(open_study(p), objective(p, calib, p.opts.study_dir() / "artifacts"), opts)
 
 

@@ -1,0 +1,39 @@
+"""The quantization cache: each (tensor, type) quantized once, reused from disk; error energy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import quant
+from conftest import write_tiny_gguf
+from objectives import open_gguf
+from objectives._qcache import QuantCache
+
+
+@pytest.fixture()
+def model(tmp_path):
+    rng = np.random.default_rng(0)
+    return open_gguf(write_tiny_gguf(tmp_path / "m.gguf", {
+        "blk.0.ffn_down.weight": rng.normal(size=(8, 256)) * 0.02,
+        "token_embd.weight": rng.normal(size=(16, 64))}, block_count=1))
+
+
+def test_error_energy_is_the_weighted_squared_error(model, tmp_path):
+    w = model.f32("blk.0.ffn_down.weight")
+    qw = np.linspace(0.5, 2.0, 256).astype(np.float32)
+    cache = QuantCache(model, "mainline", {"blk.0.ffn_down.weight": qw}, tmp_path / "c")
+    d = (w - np.asarray(quant.fake_quant(w, "q4_K", qw))).astype(np.float64)
+    assert cache.error("blk.0.ffn_down.weight", "q4_K") == pytest.approx(float((d * d).sum(0) @ qw),
+                                                                          rel=1e-9)
+    head = np.full(64, 3.0)
+    e = model.f32("token_embd.weight") - cache.values("token_embd.weight", "q8_0")
+    assert cache.error("token_embd.weight", "q8_0", head) == pytest.approx(
+        3.0 * float(np.square(e, dtype=np.float64).sum()), rel=1e-9)
+
+
+def test_second_cache_reads_from_disk(model, tmp_path, monkeypatch):
+    first = QuantCache(model, "mainline", None, tmp_path / "c").packed("token_embd.weight", "q4_0")
+    monkeypatch.setattr(quant, "quantize", lambda *a, **k: pytest.fail("quantized again"))
+    again = QuantCache(model, "mainline", None, tmp_path / "c").packed("token_embd.weight", "q4_0")
+    np.testing.assert_array_equal(first, again)
