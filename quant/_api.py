@@ -75,10 +75,6 @@ def dequantize(data: np.ndarray, type_: str, shape: tuple[int, ...], target: str
     return np.asarray(fn(rows)).reshape(shape)
 
 
-def check_quantizable(type_: str, target: str) -> None:
-    type_in_target(type_, target)
-
-
 _all_finite = jax.jit(lambda x: jnp.all(jnp.isfinite(x)))
 
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
-from quant import searchable_types
 
 from objectives import GGUFModel, default_model_path, open_gguf
 
-from ._budget import check_reachable, human_size, parse_budget
+from ._budget import human_size
 from ._progress import StageBar
 from ._recipe import load_recipe, recipe_from_gguf, save_recipe
-from ._sizes import plan_bytes, reachable, tensor_options, uniform_plans
+from ._sizes import plan_bytes, tensor_options, uniform_plans
 
 
 def load_model(path: str | Path | None) -> GGUFModel:
@@ -114,11 +113,6 @@ def format_export(r: dict, max_notes: int = 12) -> str:
         notes.append(f"note: ... and {len(r['notes']) - max_notes} more (--json lists all)")
     return "\n".join([*(f"wrote {f}" for f in r["files"]), *notes])
 
-
-def check_budget(model: GGUFModel, text: str, target: str, types: list[str] | None) -> int:
-    budget = parse_budget(text)
-    lo, hi = reachable(model, target, types or searchable_types(target) or None)
-    return check_reachable(budget, lo, hi, model.n_elements, target)
 
 
 

@@ -207,7 +207,9 @@ def summary(p: Prepared, study: optuna.Study, recipe_path: Path, heldout: dict,
             "recipe": str(recipe_path), "bytes": best.user_attrs["bytes"],
             "bpw": best.user_attrs["bpw"], "kld_mean": heldout.get("kld_mean"),
             "heldout": heldout, "best_trial": best.number,
-            "n_trials": len(study.trials), "comparison": rows}
+            "n_trials": len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
+                                                                      TrialState.PRUNED))),
+            "comparison": rows}
 
 
 def format_summary(s: dict) -> str:
@@ -401,13 +403,8 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     """The whole job; bad input fails before the study is created or changed."""
     from ._commands import load_model
 
-    model = load_model(opts.model)
-    p = prepare(opts, model)
     bar = StageBar(not opts.json)
-    check_corpora(p)
-    imatrix, similarity, p.imatrix_path = scores(p, bar)
-    calib = session(p, "calib", opts.chunks, imatrix, bar)
-    p.table = unit_table(p.space, prior_loss(p, calib, bar))
+    p, calib, imatrix, similarity = _setup(opts, load_model(opts.model), bar)
     measured = measured_loss(p, imatrix, bar)
     bar.close()
     study = open_study(p)
@@ -421,6 +418,17 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
         for w in workers:
             w.join()
     return finish(p, study, imatrix)
+
+
+def _setup(opts: SearchOptions, model: GGUFModel, progress=None):
+    """Checks, scores (imatrix, layer similarity), the calibration session and the prior:
+    (Prepared with its loss table, session, imatrix, layer similarity)."""
+    p = prepare(opts, model)
+    check_corpora(p)
+    imatrix, similarity, p.imatrix_path = scores(p, progress)
+    calib = session(p, "calib", opts.chunks, imatrix, progress)
+    p.table = unit_table(p.space, prior_loss(p, calib, progress))
+    return p, calib, imatrix, similarity
 
 
 def _spawn_worker(opts: SearchOptions) -> mp.Process:
@@ -437,10 +445,7 @@ def worker_main(opts: SearchOptions) -> None:
     from ._commands import load_model
 
     opts = replace(opts, json=True, seed=opts.seed + 1 + mp.current_process().pid % 9973)
-    p = prepare(opts, load_model(opts.model))
-    imatrix, _, p.imatrix_path = scores(p)
-    calib = session(p, "calib", opts.chunks, imatrix)
-    p.table = unit_table(p.space, prior_loss(p, calib))
+    p, calib, _, _ = _setup(opts, load_model(opts.model))
     optimize(open_study(p), objective(p, calib, p.opts.study_dir() / "artifacts"), opts)
 
 

@@ -63,18 +63,6 @@ def plan_bytes(model: GGUFModel, written: dict[str, str], target: str) -> int:
     return q + fixed_bytes(model, target)
 
 
-def reachable(model: GGUFModel, target: str, types: list[str] | None = None) -> tuple[int, int]:
-    """Smallest and largest file size over plans made of ``types``."""
-    lo = hi = fixed_bytes(model, target)
-    for t in model.quantizable(target):
-        opts = tensor_options(t, target, types)
-        if not opts:
-            raise PlanError(f"{t.name} (rows of {t.shape[-1]}) can take none of the types "
-                            f"{', '.join(types or [])} in {target}: allow more --types")
-        lo, hi = lo + min(opts.values()), hi + max(opts.values())
-    return lo, hi
-
-
 def uniform_plans(model: GGUFModel, target: str) -> list[dict]:
     """For each type of ``target``: the size when every quantizable tensor asks for it
     (as ``--pure`` does), and how many tensors fall back."""

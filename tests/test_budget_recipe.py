@@ -9,7 +9,8 @@ import pytest
 from conftest import FIXTURES
 from search._budget import BudgetError, check_reachable, parse_budget
 from search._recipe import FORMAT, RecipeError, build_recipe, load_recipe, recipe_from_gguf, save_recipe
-from search._sizes import PlanError, reachable
+from search._sizes import PlanError
+from search._space import build_space
 
 BASELINE = json.loads((FIXTURES / "baseline-sizes.json").read_text())
 
@@ -36,7 +37,7 @@ def test_bpw_budget_in_bytes_is_llama_quantize_s_arithmetic(smollm2):
 
 
 def test_out_of_reach_budget_names_the_range(smollm2):
-    lo, hi = reachable(smollm2, "mainline", ["q4_0", "q8_0"])
+    lo, hi = build_space(smollm2, "mainline", ["q4_0", "q8_0"]).extremes()
     assert lo == BASELINE["files"]["pure-Q4_0"]["bytes"] and hi == BASELINE["files"]["pure-Q8_0"]["bytes"]
     with pytest.raises(BudgetError, match=r"smallest 72\.27 MiB.*largest 136\.40 MiB"):
         check_reachable(parse_budget("4.1bpw"), lo, hi, smollm2.n_elements, "mainline")
