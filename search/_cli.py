@@ -116,6 +116,8 @@ def _search_parser() -> argparse.ArgumentParser:
     a("--ctx", type=int, help="context size (default 512)")
     a("--chunks", type=int, help="calibration chunks per trial (default 8)")
     a("--eval-chunks", type=int, help="held-out chunks of the final comparison (default 16)")
+    a("--select-chunks", type=int, help="calibration chunks on which the best 5 trials are "
+      "re-evaluated to pick the final recipe (default 16; a value <= --chunks skips this)")
     a("--imatrix", help="importance matrix (.dat or GGUF) to quantize with (default: computed "
       "on the calibration text, as llama-imatrix does)")
     a("--no-imatrix", action="store_true", default=None, help="quantize without an imatrix")

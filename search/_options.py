@@ -38,6 +38,7 @@ class SearchOptions:
     ctx: int = 512
     chunks: int = 8  # calibration chunks per trial
     eval_chunks: int = 16  # held-out chunks for the final comparison
+    select_chunks: int = 16  # calibration chunks on which the best few trials are re-evaluated
     imatrix: str | None = None  # default: our own llama-imatrix pass over the calibration text
     no_imatrix: bool = False
     imatrix_chunks: int = 32
@@ -54,6 +55,10 @@ class SearchOptions:
 
     def study_dir(self) -> Path:
         return Path(self.studies_dir) / self.study_name()
+
+    def cache_dir(self) -> Path:
+        """Quantized tensors, base statistics, scores and probes, shared by studies."""
+        return Path(self.studies_dir) / ".cache"
 
 
 _LISTS = {"types", "pins", "ties"}

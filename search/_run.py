@@ -1,5 +1,6 @@
-"""``search --budget B``: prepare (all checks before the study is touched), warm-start, optimize,
-re-evaluate the best recipe on held-out text, export, report.
+"""``search --budget B``: prepare (all checks before the study is touched), calibrate the prior,
+warm-start, optimize (sampler and surrogate proposals), pick the final recipe on more calibration
+chunks, re-evaluate it on held-out text against every warm start and llama.cpp mix, export, report.
 
     studies/NAME/study.db        Optuna storage (default; --storage for journal or PostgreSQL)
     studies/NAME/recipe.json     best recipe (gguf-recipe/1) + its exports and report.json
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,8 @@ from ._progress import StageBar
 from ._recipe import build_recipe, provenance, save_recipe
 from ._space import Space, build_space
 from ._storage import check_url, default_url, open_storage, reap_dead_workers
-from ._study import OBJECTIVES, RecipeObjective
+from ._calibrate import calibrate, group_roles
+from ._study import OBJECTIVES, Proposer, RecipeObjective
 
 DEFAULT_EXCLUDE = ("f32", "f16", "bf16")
 
@@ -49,6 +52,8 @@ class Prepared:
     spec: dict
     imatrix_path: str | None = None
     ties: tuple = ()
+    scales: dict[str, float] | None = None  # measured KLD per unit of prior damage, per role
+    base_kld: float = 0.0  # the least-damage recipe's KLD: the surrogate's intercept prior
 
 
 def default_types(target: str) -> list[str]:
@@ -200,16 +205,29 @@ def trial_plan(p: Prepared, t: optuna.trial.FrozenTrial) -> dict[str, str]:
     return plan
 
 
-def summary(p: Prepared, study: optuna.Study, recipe_path: Path, heldout: dict,
-            rows: list[dict]) -> dict[str, Any]:
-    best = best_trial(study)
+def summary(p: Prepared, study: optuna.Study, best: optuna.trial.FrozenTrial, recipe_path: Path,
+            heldout: dict, rows: list[dict]) -> dict[str, Any]:
     return {"study": study.study_name, "out_dir": str(p.opts.study_dir()),
             "recipe": str(recipe_path), "bytes": best.user_attrs["bytes"],
             "bpw": best.user_attrs["bpw"], "kld_mean": heldout.get("kld_mean"),
             "heldout": heldout, "best_trial": best.number,
             "n_trials": len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,
                                                                       TrialState.PRUNED))),
-            "comparison": rows}
+            "comparison": rows, "selection": study.user_attrs.get("selection"),
+            "role_scales": p.scales, "trials_by_origin": origins(study)}
+
+
+def origins(study: optuna.Study) -> dict[str, dict[str, float]]:
+    """Per origin (warm start, surrogate, sampler): finished trials and their best value."""
+    out: dict[str, dict[str, float]] = {}
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        a = t.user_attrs
+        kind = "warm start" if "warm_start" in a else "surrogate" if "proposal" in a else "sampler"
+        row = out.setdefault(kind, {"trials": 0, "best": float("inf")})
+        row["trials"] += 1
+        if t.state == TrialState.COMPLETE:
+            row["best"] = min(row["best"], t.values[-1])
+    return out
 
 
 def format_summary(s: dict) -> str:
@@ -224,7 +242,7 @@ def format_summary(s: dict) -> str:
 
 
 def cache_dir(opts: SearchOptions) -> Path:
-    return Path(opts.studies_dir) / ".cache"
+    return opts.cache_dir()
 
 
 def scores(p: Prepared, progress=None) -> tuple[dict | None, dict[int, float], str | None]:
@@ -292,7 +310,6 @@ def session(p: Prepared, kind: str, n_chunks: int, imatrix: dict | None, progres
 
 def objective(p: Prepared, evaluator, artifacts: Path | None = None) -> RecipeObjective:
     def on_recipe(trial: optuna.Trial, plan: dict[str, str], metrics: dict) -> None:
-        trial.set_user_attr("recipe", plan)
         if artifacts is not None:
             _upload_recipe(trial, p, plan, metrics, artifacts)
 
@@ -382,12 +399,21 @@ def _trial_bar(study: optuna.Study, n_trials: int | None, enabled: bool):
     return bar, callback
 
 
-def optimize(study: optuna.Study, obj: RecipeObjective, opts: SearchOptions) -> None:
+def proposer(p: Prepared) -> Proposer | None:
+    """The surrogate's proposals (single-objective studies only)."""
+    if p.opts.pareto:
+        return None
+    return Proposer(p.space, p.table, p.budget, p.base_kld, p.opts.trials, p.opts.seed,
+                    role=group_roles(p.space)[1])
+
+
+def optimize(study: optuna.Study, obj: RecipeObjective, opts: SearchOptions,
+             propose: Proposer | None = None) -> None:
     from optuna.study import MaxTrialsCallback
 
     finished = (TrialState.COMPLETE, TrialState.PRUNED)
     bar, cb = _trial_bar(study, opts.trials, not opts.json)
-    callbacks = [cb]
+    callbacks = [cb] + ([propose] if propose else [])
     if opts.trials is not None:
         callbacks.append(MaxTrialsCallback(opts.trials, states=finished))
         if len(study.get_trials(deepcopy=False, states=finished)) >= opts.trials:
@@ -408,15 +434,20 @@ def run_search(opts: SearchOptions) -> dict[str, Any]:
     measured = measured_loss(p, imatrix, bar)
     bar.close()
     study = open_study(p)
+    study.set_user_attr("role_scales", p.scales)
     milp_table = unit_table(p.space, measured) if measured else p.table
     enqueue(study, p, warm_starts(p, similarity, milp_table,
                                   "milp-measured" if measured else "milp-prior"))
     workers = [_spawn_worker(opts) for _ in range(opts.jobs - 1)]
     try:
-        optimize(study, objective(p, calib, p.opts.study_dir() / "artifacts"), opts)
+        optimize(study, objective(p, calib, p.opts.study_dir() / "artifacts"), opts,
+                 proposer(p))
     finally:
         for w in workers:
             w.join()
+            if w.exitcode:
+                print(f"warning: worker {w.pid} exited with code {w.exitcode}; the study keeps "
+                      "every trial it completed", file=sys.stderr)
     return finish(p, study, imatrix)
 
 
@@ -428,6 +459,7 @@ def _setup(opts: SearchOptions, model: GGUFModel, progress=None):
     imatrix, similarity, p.imatrix_path = scores(p, progress)
     calib = session(p, "calib", opts.chunks, imatrix, progress)
     p.table = unit_table(p.space, prior_loss(p, calib, progress))
+    calibrate(p, calib, progress)
     return p, calib, imatrix, similarity
 
 
@@ -446,16 +478,16 @@ def worker_main(opts: SearchOptions) -> None:
 
     opts = replace(opts, json=True, seed=opts.seed + 1 + mp.current_process().pid % 9973)
     p, calib, _, _ = _setup(opts, load_model(opts.model))
-    optimize(open_study(p), objective(p, calib, p.opts.study_dir() / "artifacts"), opts)
+    optimize(open_study(p), objective(p, calib, p.opts.study_dir() / "artifacts"), opts,
+             proposer(p))
 
 
-def _heldout_rows(p: Prepared, study: optuna.Study, heldout) -> list[dict]:
+def _heldout_rows(p: Prepared, study: optuna.Study, best, heldout) -> list[dict]:
     """The best recipe, every warm start and llama.cpp's default mixes (plain and --pure)
     within 10% of the budget, all evaluated on the held-out text; identical recipes once."""
     from ._sizes import plan_bytes
     from ._study import plan_sha
 
-    best = best_trial(study)
     named = [("best (trial %d)" % best.number, best.user_attrs["recipe"])]
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if "warm_start" in t.user_attrs and "recipe" in t.user_attrs:
@@ -482,10 +514,10 @@ def finish(p: Prepared, study: optuna.Study, imatrix: dict | None) -> dict[str, 
     out = p.opts.study_dir()
     out.mkdir(parents=True, exist_ok=True)
     bar = StageBar(not p.opts.json)
+    best = select(p, study, imatrix, bar)
     heldout = session(p, "eval", p.opts.eval_chunks, imatrix, bar)
-    rows = _heldout_rows(p, study, heldout)
+    rows = _heldout_rows(p, study, best, heldout)
     bar.close()
-    best = best_trial(study)
     calib_metrics = {k: best.user_attrs[k] for k in OBJECTIVES.values() if k in best.user_attrs}
     recipe = build_recipe(p.model, best.user_attrs["recipe"], p.opts.target,
                           objectives={"heldout": rows[0], "calibration": calib_metrics},
@@ -495,11 +527,37 @@ def finish(p: Prepared, study: optuna.Study, imatrix: dict | None) -> dict[str, 
     plan = plan_export(recipe["tensors"], recipe["shapes"], p.opts.target, imat_file,
                        recipe["input_quantized"])
     files = write_plan(plan, out)
-    s = summary(p, study, path, rows[0], rows)
+    s = summary(p, study, best, path, rows[0], rows)
     s["exports"] = [str(f) for f in files]
     (out / "report.json").write_text(json.dumps(s, indent=1) + "\n")
     _note(study, s, plan.notes)
     return s
+
+
+SELECT_TOP = 5
+
+
+def select(p: Prepared, study: optuna.Study, imatrix, progress=None) -> optuna.trial.FrozenTrial:
+    """The final pick: the best ``SELECT_TOP`` distinct recipes re-evaluated on
+    ``--select-chunks`` calibration chunks (a trial sees only ``--chunks``; the best of many on
+    few chunks is partly luck), the lowest wins. Stored as the study's ``selection``."""
+    if p.opts.pareto or p.opts.select_chunks <= p.opts.chunks:
+        return best_trial(study)
+    top, seen = [], set()
+    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                    key=lambda t: t.value):
+        if t.user_attrs.get("plan_sha") not in seen and "recipe" in t.user_attrs:
+            seen.add(t.user_attrs.get("plan_sha"))
+            top.append(t)
+    top = top[:SELECT_TOP]
+    if len(top) < 2:
+        return best_trial(study)
+    sel = session(p, "calib", p.opts.select_chunks, imatrix, progress)
+    key = OBJECTIVES[p.opts.objective]
+    scored = {t.number: float(sel.evaluate(t.user_attrs["recipe"])[key]) for t in top}
+    study.set_user_attr("selection", {"chunks": sel.n_chunks, "objective": key,
+                                      "trials": {str(n): v for n, v in scored.items()}})
+    return next(t for t in top if t.number == min(scored, key=scored.get))
 
 
 def _write_imatrix(p: Prepared, out: Path) -> Path | None:

@@ -18,7 +18,8 @@ from typing import Any, Callable, Protocol, Sequence
 import numpy as np
 import optuna
 
-from ._allocate import UnitTable, allocate, choice_of, repair, to_plan, total
+from . import _surrogate as S
+from ._allocate import UnitTable, allocate, choice_of, levels_of, repair, to_plan, total
 from ._space import Space
 from ._storage import mark_worker
 
@@ -70,10 +71,10 @@ class RecipeObjective:
         return levels
 
     def choose(self, trial: optuna.Trial) -> np.ndarray:
-        """Units' options: the warm start's plan if the trial carries one, else the sampled
-        levels; either repaired into the budget."""
+        """Units' options: the plan of a warm start or proposal if the trial carries one, else
+        the sampled levels; either repaired into the budget."""
         levels = self.levels(trial)
-        warm = trial.user_attrs.get("warm_plan")
+        warm = trial.user_attrs.get("warm_plan") or trial.user_attrs.get("plan")
         start = choice_of(self.table, warm) if warm is not None else None
         if start is None:
             return allocate(self.table, levels, self.budget, self.space.fixed_bytes,
@@ -89,6 +90,7 @@ class RecipeObjective:
         trial.set_user_attr("bytes", nbytes)
         trial.set_user_attr("bpw", round(8 * nbytes / self.space.n_elements, 6))
         trial.set_user_attr("plan_sha", sha)
+        trial.set_user_attr("recipe", plan)
         metrics = self._seen.get(sha) or self._evaluate(trial, plan)
         self._seen[sha] = metrics
         for k, v in metrics.items():
@@ -119,3 +121,78 @@ class RecipeObjective:
             trial.set_user_attr("pruned_kld_mean", float(np.mean(
                 [self.evaluator.chunk_kld(s) for s in stats])))
             raise optuna.TrialPruned()
+
+
+@dataclass
+class Proposer:
+    """Study callback: after a finished trial, enqueue the surrogate's next proposal (the
+    additive model fitted to every completed trial: the allocator's greedy polish of the best
+    trial under the prior or the model's mean, or a Thompson sample optimized within a trust
+    region around the best). One trial in ``every`` is left to the sampler; nothing is
+    enqueued while trials wait (warm starts) or once ``n_trials`` have finished."""
+
+    space: Space
+    table: UnitTable
+    budget: int
+    base_kld: float
+    n_trials: int | None = None
+    seed: int = 0
+    every: int = 4
+    role: np.ndarray | None = None  # [G] role of each group: type corrections per role
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        TS = optuna.trial.TrialState
+        if study.get_trials(deepcopy=False, states=(TS.WAITING,)):
+            return
+        n = len(study.get_trials(deepcopy=False, states=(TS.COMPLETE, TS.PRUNED)))
+        if (self.n_trials is not None and n >= self.n_trials) or n % self.every == self.every - 1:
+            return
+        got = self.propose(study.get_trials(deepcopy=False, states=(TS.COMPLETE,)), n)
+        if got is not None:
+            self.enqueue(study, *got)
+
+    def history(self, done: list) -> tuple[np.ndarray, np.ndarray, list[int]]:
+        """Unit choices [N, U], objective values [N] and numbers of the completed trials."""
+        rows, ys, numbers = [], [], []
+        for t in done:
+            try:
+                rows.append(choice_of(self.table, t.user_attrs["recipe"]))
+            except (KeyError, ValueError):
+                continue
+            ys.append(t.values[-1])
+            numbers.append(t.number)
+        if not rows:
+            return np.zeros((0, len(self.table.group)), np.int64), np.zeros(0), []
+        return np.array(rows, np.int64), np.array(ys), numbers
+
+    def propose(self, done: list, n: int) -> tuple[np.ndarray, str] | None:
+        """The greedy allocator's polish of the best trial under the calibrated prior, then
+        under the posterior mean, once per best; else a Thompson proposal in a trust region of k
+        units around it."""
+        choices, y, numbers = self.history(done)
+        if not len(y):
+            return None
+        post = S.fit(S.features(self.table, choices, self.role), y, self.base_kld,
+                     n_groups=len(self.table.options))
+        i = int(np.argmin(y))
+        best, seen = choices[i], {c.tobytes() for c in choices}
+        fixed = self.space.fixed_bytes
+        tried = {t.user_attrs.get("proposal") for t in done}
+        for name, table in (("prior", self.table),
+                            ("surrogate", S.mean_table(self.table, post, self.role))):
+            label = f"{name}, greedy from trial {numbers[i]}"
+            polish = repair(table, best, self.budget, fixed)
+            if label not in tried and polish.tobytes() not in seen:
+                return polish, label
+        rng = np.random.default_rng([self.seed, n])
+        k = int(rng.choice(S.TRUST))
+        c = S.propose(self.table, post, best, self.budget - fixed,
+                      int(np.ceil(0.995 * self.budget)) - fixed, rng, k, seen, role=self.role)
+        return None if c is None else (c, f"surrogate, trust {k}")
+
+    def enqueue(self, study: optuna.Study, choice: np.ndarray, label: str) -> None:
+        plan = to_plan(self.table, choice)
+        levels = levels_of(self.table, plan)
+        params = {g.name: levels[i] for i, g in enumerate(self.space.groups)
+                  if len(g.options) > 1}
+        study.enqueue_trial(params, user_attrs={"proposal": label, "plan": plan})

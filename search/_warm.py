@@ -36,36 +36,40 @@ def project(table: UnitTable, plan: dict[str, str], unit_bytes: np.ndarray) -> n
     return np.array(out, np.int64)
 
 
-def _uniform_level(table: UnitTable, k: int) -> np.ndarray:
+def uniform_level(table: UnitTable, k: int) -> np.ndarray:
     """Every unit at its k-th option (clipped to its group's count)."""
     n = np.array([len(table.options[g]) for g in table.group])
     return np.minimum(k, n - 1)
 
 
-def _levels_below(table: UnitTable, budget: int, fixed: int) -> list[int]:
+def levels_below(table: UnitTable, budget: int, fixed: int) -> list[int]:
     n_max = max(len(o) for o in table.options)
-    return [k for k in range(n_max) if fixed + total(table, _uniform_level(table, k)) <= budget]
+    return [k for k in range(n_max) if fixed + total(table, uniform_level(table, k)) <= budget]
 
 
 def uniform(table: UnitTable, budget: int, fixed: int) -> list[tuple[str, np.ndarray]]:
+    """Every unit at one level: the largest that fits, filled up to the budget's floor, and
+    the smallest that does not, cut down to the budget (least prior damage per byte)."""
     n_max = max(len(o) for o in table.options)
-    below = _levels_below(table, budget, fixed)
+    below = levels_below(table, budget, fixed)
     out = []
     if below:
-        out.append(("uniform-below", repair(table, _uniform_level(table, below[-1]), budget, fixed)))
+        out.append(("uniform-below", repair(table, uniform_level(table, below[-1]), budget, fixed,
+                                            improve=False)))
     if len(below) < n_max:
         k = len(below)
-        out.append(("uniform-above", repair(table, _uniform_level(table, k), budget, fixed)))
+        out.append(("uniform-above", repair(table, uniform_level(table, k), budget, fixed,
+                                            improve=False)))
     return out
 
 
 def cossim(table: UnitTable, budget: int, fixed: int,
            layer_cos: dict[int, float]) -> np.ndarray | None:
     """Upgrade whole layers, lowest cosine (most important) first, by one option each."""
-    below = _levels_below(table, budget, fixed)
+    below = levels_below(table, budget, fixed)
     if not below or not layer_cos:
         return None
-    choice = _uniform_level(table, below[-1])
+    choice = uniform_level(table, below[-1])
     layer = np.array([_unit_layer(n) for n in table.tensors])
     for L in sorted(layer_cos, key=lambda k: layer_cos[k]):
         up = choice.copy()

@@ -48,3 +48,36 @@ def test_study_files_parse_and_the_command_line_wins(tmp_path):
     bad.write_text('budget = "4bpw"\nbudgett = 3\n')
     with pytest.raises(Exception, match="unknown option 'budgett'"):
         merge({}, str(bad))
+
+
+def test_a_whole_search_with_two_workers_on_a_tiny_model(tmp_path):
+    """The main command end to end on a tiny random llama: calibration, warm starts, two worker
+    processes on one study (``--timeout``, so the second, which starts later, gets trials
+    however slow its start), the final pick, the held-out report and the exports."""
+    import json
+
+    import optuna
+
+    from _tiny_gguf import corpus_text, write_tiny
+
+    model = write_tiny(tmp_path / "tiny.gguf", "llama")
+    (tmp_path / "calib.txt").write_text(corpus_text(1500))
+    (tmp_path / "eval.txt").write_text(corpus_text(700)[::-1])
+    st = tmp_path / "st"
+    p = subprocess.run([sys.executable, "-m", "search", str(model), "--budget", "6.2bpw",
+                        "--types", "q4_0,q4_1,q5_0,q8_0", "--ctx", "64", "--chunks", "4",
+                        "--select-chunks", "6", "--eval-chunks", "2", "--imatrix-chunks", "4",
+                        "-f", str(tmp_path / "calib.txt"), "--eval-file", str(tmp_path / "eval.txt"),
+                        "--timeout", "20", "--jobs", "2", "--study", "t", "--studies-dir", str(st),
+                        "--json"], capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    s = json.loads(p.stdout)
+    study = optuna.load_study(study_name="t", storage=f"sqlite:///{st}/t/study.db")
+    done = [t for t in study.trials if t.state.is_finished()]
+    pids = [t.user_attrs["worker"]["pid"] for t in done]
+    assert len(set(pids)) == 2  # each process optimizes for 20 s from its own start
+    assert 0.995 * 6.2 <= s["bpw"] <= 6.2
+    assert set(s["trials_by_origin"]) >= {"warm start", "surrogate"}
+    assert s["selection"]["chunks"] == 6 and str(s["best_trial"]) in s["selection"]["trials"]
+    assert json.loads(open(s["recipe"]).read())["tensors"]
+    assert (st / "t" / "tensor-types.txt").is_file() and (st / "t" / "report.json").is_file()
