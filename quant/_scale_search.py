@@ -214,18 +214,15 @@ def _stage(step, st, it, max_iter, caps):
 # ----------------------------------------------------------------------------------------------
 
 
-def make_q3_quants(x, nmax: int):
-    """MQ3 (spec 2.1.2; ik's is the same up to its missing suml2 guard). x f32 [..., n].
+def _refine(x, w, wx, l, sumlx, suml2, clip, guard_before: bool):
+    """The refinement of make_q3_quants and make_qp_quants: 5 passes over the n columns, each
+    re-solving l_j = clip(round(x_j * S2 / SX)) from the others' sums (SX = sum w x l,
+    S2 = sum w l^2, both without j) and keeping it if SX^2 / S2 grows. The guard on S2 > 0 is on
+    the sums without j (qp) or with the new l_j (q3).
 
-    Returns (scale f32 [...], L int32 [..., n] in [0, 2*nmax-1]), x ~ scale*(L - nmax).
+    x, w, wx f32 [..., n]; l int32 [..., n]; sumlx, suml2 f32 [...]. Returns (l, sumlx, suml2).
     """
-    x = _nf(jnp.asarray(x, _F32))
     n = x.shape[-1]
-    w = _mul(x, x)
-    wx = _mul(w, x)
-    mx = argmax_abs(x)
-    zero = jnp.abs(mx) < GROUP_MAX_EPS
-    l, sumlx, suml2 = _qx_stats(x, wx, w, _div(_F32(-nmax), jnp.where(zero, 1, mx)), nmax)
 
     def body(k, st):
         l, sumlx, suml2 = st
@@ -235,16 +232,32 @@ def make_q3_quants(x, nmax: int):
         wj, xj, wxj = _take(w, j), _take(x, j), _take(wx, j)
         slx0 = sumlx - _mul(wxj, lj)
         sl20 = suml2 - _mul(_mul(wj, lj), lj)
-        new = jnp.clip(_near(_div(_mul(xj, sl20), jnp.where(slx0 > 0, slx0, 1))), -nmax, nmax - 1)
+        new = clip(_near(_div(_mul(xj, sl20), jnp.where(slx0 > 0, slx0, 1))))
         nf = new.astype(_F32)
         slx = slx0 + _mul(wxj, nf)
         sl2 = sl20 + _mul(_mul(wj, nf), nf)
-        acc = (slx0 > 0) & (new != li) & (sl2 > 0)
+        acc = (slx0 > 0) & (new != li) & ((sl20 if guard_before else sl2) > 0)
         acc = acc & (_mul(slx, slx) * suml2 > _mul(sumlx, sumlx) * sl2)
         l = jnp.where(_onehot(j, n) & acc[..., None], new[..., None], l)
         return l, jnp.where(acc, slx, sumlx), jnp.where(acc, sl2, suml2)
 
-    l, sumlx, suml2 = lax.fori_loop(0, 5 * n, body, (l, sumlx, suml2))
+    return lax.fori_loop(0, 5 * n, body, (l, sumlx, suml2))
+
+
+def make_q3_quants(x, nmax: int):
+    """MQ3 (spec 2.1.2; ik's is the same up to its missing suml2 guard). x f32 [..., n].
+
+    Returns (scale f32 [...], L int32 [..., n] in [0, 2*nmax-1]), x ~ scale*(L - nmax).
+    """
+    x = _nf(jnp.asarray(x, _F32))
+    w = _mul(x, x)
+    wx = _mul(w, x)
+    mx = argmax_abs(x)
+    zero = jnp.abs(mx) < GROUP_MAX_EPS
+    l, sumlx, suml2 = _qx_stats(x, wx, w, _div(_F32(-nmax), jnp.where(zero, 1, mx)), nmax)
+
+    l, sumlx, suml2 = _refine(x, w, wx, l, sumlx, suml2, lambda v: jnp.clip(v, -nmax, nmax - 1),
+                              guard_before=False)
     scale = jnp.where(suml2 > 0, _div(sumlx, jnp.where(suml2 > 0, suml2, 1)), 0)
     return jnp.where(zero, _F32(0), scale), jnp.where(zero[..., None], 0, l + nmax)
 
@@ -455,7 +468,6 @@ def make_qp_quants(x, w, nmax: int, ik: bool = False):
     Returns (scale f32 [...], L int32 [..., n] in [0, nmax]) with x ~ scale*L.
     """
     x, w = _inputs(x, w)
-    n = x.shape[-1]
     mx = jnp.maximum(jnp.max(x, axis=-1), 0)
     zero = mx < (np.float32(1e-16) if ik else GROUP_MAX_EPS)
     mx = jnp.where(zero, 1, mx)
@@ -476,24 +488,8 @@ def make_qp_quants(x, w, nmax: int, ik: bool = False):
     lf = l.astype(_F32)
     sumlx, suml2 = _seq(_mul(wx, lf)), _seq(_mul(_mul(w, lf), lf))
 
-    def body(k, st):
-        l, sumlx, suml2 = st
-        j = jnp.full(x.shape[:-1], k % n)
-        li = _take(l, j)
-        lj = li.astype(_F32)
-        wj, xj, wxj = _take(w, j), _take(x, j), _take(wx, j)
-        slx = sumlx - _mul(wxj, lj)
-        sl2 = suml2 - _mul(_mul(wj, lj), lj)
-        ok = (slx > 0) & (sl2 > 0)
-        new = jnp.minimum(nmax, _near(_div(_mul(xj, sl2), jnp.where(ok, slx, 1))))
-        nf = new.astype(_F32)
-        slx = slx + _mul(wxj, nf)
-        sl2 = sl2 + _mul(_mul(wj, nf), nf)
-        acc = ok & (new != li) & (_mul(slx, slx) * suml2 > _mul(sumlx, sumlx) * sl2)
-        l = jnp.where(_onehot(j, n) & acc[..., None], new[..., None], l)
-        return l, jnp.where(acc, slx, sumlx), jnp.where(acc, sl2, suml2)
-
-    l, sumlx, suml2 = lax.fori_loop(0, 5 * n, body, (l, sumlx, suml2))
+    l, sumlx, suml2 = _refine(x, w, wx, l, sumlx, suml2, lambda v: jnp.minimum(nmax, v),
+                              guard_before=True)
     if ik:
         scale = _div(sumlx, suml2)
     else:
