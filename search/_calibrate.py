@@ -50,7 +50,7 @@ def _measured(p, calib, choices: list[np.ndarray], progress=None) -> list[float]
                     "chunks": str(calib.n_chunks)})
     path = p.opts.cache_dir() / "probes" / f"{key}.json"
     known = json.loads(path.read_text()) if path.is_file() else {}
-    out = []
+    out, n_known = [], len(known)
     for i, c in enumerate(choices):
         plan = to_plan(p.table, c)
         sha = plan_sha(plan)
@@ -59,6 +59,7 @@ def _measured(p, calib, choices: list[np.ndarray], progress=None) -> list[float]
         out.append(float(known[sha]))
         if progress:
             progress("calibrate", i + 1, len(choices))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(known, indent=0))
+    if len(known) > n_known:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(known, indent=0))
     return out

@@ -241,10 +241,6 @@ def format_summary(s: dict) -> str:
     return "\n".join(lines)
 
 
-def cache_dir(opts: SearchOptions) -> Path:
-    return opts.cache_dir()
-
-
 def scores(p: Prepared, progress=None) -> tuple[dict | None, dict[int, float], str | None]:
     """(imatrix for the quantizers, layer similarity {layer: cos}, path of the imatrix used).
 
@@ -271,7 +267,7 @@ def _collected(p: Prepared, progress) -> tuple[Path, dict[int, float]]:
     text = read_corpus(p.opts.calib, "calib")
     key = hashlib.sha256(json.dumps([p.spec["model"], text, p.opts.ctx,
                                      p.opts.imatrix_chunks]).encode()).hexdigest()[:16]
-    folder = cache_dir(p.opts) / "scores"
+    folder = p.opts.cache_dir() / "scores"
     im_path, sim_path = folder / f"imatrix-{key}.gguf", folder / f"similarity-{key}.json"
     if not (im_path.is_file() and sim_path.is_file()):
         tokens = corpus_tokens(p.model, text)
@@ -305,7 +301,7 @@ def session(p: Prepared, kind: str, n_chunks: int, imatrix: dict | None, progres
     path = p.opts.calib if kind == "calib" else p.opts.eval_file
     tokens = corpus_tokens(p.model, read_corpus(path, kind))
     return EvalSession(p.model, tokens, p.opts.ctx, n_chunks, p.opts.target, imatrix,
-                       cache_dir(p.opts), progress=progress)
+                       p.opts.cache_dir(), progress=progress)
 
 
 def objective(p: Prepared, evaluator, artifacts: Path | None = None) -> RecipeObjective:
@@ -346,7 +342,7 @@ def measured_loss(p: Prepared, imatrix, progress=None) -> dict[str, np.ndarray] 
     tokens = corpus_tokens(p.model, read_corpus(p.opts.calib, "calib"))
     sens = measure_sensitivity(p.model, groups, p.spec["types"], tokens, p.opts.ctx,
                                p.opts.measure_chunks, p.opts.target, imatrix,
-                               cache_dir(p.opts) / "measure", progress=progress)
+                               p.opts.cache_dir() / "measure", progress=progress)
     where = {n: g for g, names in groups.items() for n in names}
     out = {}
     for g in p.space.groups:

@@ -23,7 +23,7 @@ no optuna here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -72,8 +72,6 @@ def _damage(table: UnitTable, choice: np.ndarray) -> float:
 
 def scaled(table: UnitTable, role: np.ndarray, s: np.ndarray) -> UnitTable:
     """The table with each unit's loss in calibrated (KLD) units."""
-    from dataclasses import replace
-
     return replace(table, loss=table.loss * s[role[table.group]][:, None])
 
 
@@ -127,27 +125,26 @@ def fit(f: np.ndarray, y: np.ndarray, b0: float, n_groups: int | None = None,
     return Posterior(cov @ (p0 @ m0 + x.T @ y / sigma ** 2), (cov + cov.T) / 2)
 
 
-def sample_loss(table: UnitTable, post: Posterior, rng: np.random.Generator,
-                role: np.ndarray | None = None) -> np.ndarray:
-    """[U, O] the prior damage scaled by one posterior sample of w_g + v_t (at least 0.05)."""
+def _scales(table: UnitTable, z: np.ndarray, role: np.ndarray | None) -> np.ndarray:
+    """[U, O] damage scale w_g + v_t of every (unit, option) for coefficients z [G + T]
+    (at least 0.05)."""
     n_g = len(table.options)
     _, tidx = type_index(table, role)
+    v = np.r_[z[n_g:], 0.0]  # index -1 (padding) reads the appended 0
+    return np.clip(z[:n_g][table.group][:, None] + v[tidx], 0.05, None)
+
+
+def sample_loss(table: UnitTable, post: Posterior, rng: np.random.Generator,
+                role: np.ndarray | None = None) -> np.ndarray:
+    """[U, O] the prior damage scaled by one posterior sample of the coefficients."""
     n_f = len(post.mean) - 1
     z = rng.multivariate_normal(post.mean[:n_f], post.cov[:n_f, :n_f], method="cholesky")
-    v = np.r_[z[n_g:], 0.0]  # index -1 (padding) reads the appended 0
-    return table.loss * np.clip(z[:n_g][table.group][:, None] + v[tidx], 0.05, None)
+    return table.loss * _scales(table, z, role)
 
 
 def mean_table(table: UnitTable, post: Posterior, role: np.ndarray | None = None) -> UnitTable:
-    """The table with the posterior mean's damage scales (at least 0.05)."""
-    from dataclasses import replace
-
-    n_g = len(table.options)
-    _, tidx = type_index(table, role)
-    n_f = len(post.mean) - 1
-    v = np.r_[post.mean[n_g:n_f], 0.0]
-    scale = np.clip(post.mean[:n_g][table.group][:, None] + v[tidx], 0.05, None)
-    return replace(table, loss=table.loss * scale)
+    """The table with the posterior mean's damage scales."""
+    return replace(table, loss=table.loss * _scales(table, post.mean[:-1], role))
 
 
 def propose(table: UnitTable, post: Posterior, incumbent: np.ndarray, room: int, floor: int,

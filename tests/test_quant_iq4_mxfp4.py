@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_quant_legacy import GOLDEN, check_golden, rows
+from test_quant_legacy import GOLDEN, check_fake_quant_is_gguf_dequantize, check_golden, rows
 
 import quant
 
@@ -26,11 +26,7 @@ def test_ik_golden(stem):
 
 @pytest.mark.parametrize("name", IQ4 + ["mxfp4"])
 def test_fake_quant_equals_gguf_dequantize_of_bytes(name):
-    z = np.load(GOLDEN / f"{name}_imat.npz")
-    x, w = z["x"], z["w"]
-    q = quant.quantize(x, name, w)
-    ref = gguf.quants.dequantize(q, gguf.GGMLQuantizationType[name.upper()]).reshape(x.shape)
-    assert np.array_equal(np.asarray(quant.fake_quant(x, name, w)), ref)
+    check_fake_quant_is_gguf_dequantize(name)
 
 
 GRID_TYPES = ["iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s"]
