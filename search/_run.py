@@ -71,10 +71,21 @@ def _types(opts: SearchOptions) -> list[str]:
     return names
 
 
+def check_jobs(opts: SearchOptions) -> None:
+    """Several processes on one SQLite study can pop the same waiting trial (SQLite ignores the
+    row lock optuna asks for), so ``--jobs`` needs a journal file or a server."""
+    url = opts.storage or default_url(opts.study_dir())
+    if opts.jobs > 1 and url.startswith("sqlite"):
+        raise UserError(f"--jobs {opts.jobs} runs several processes on one study, which SQLite "
+                        f"cannot serve safely: add --storage journal:{opts.study_dir()}/study.log "
+                        "(or a postgresql:// URL)")
+
+
 def prepare(opts: SearchOptions, model: GGUFModel) -> Prepared:
     """Everything that can fail on bad input, before any study is created or changed."""
     if opts.storage:
         check_url(opts.storage)
+    check_jobs(opts)
     if opts.objective not in OBJECTIVES:
         raise UserError(f"unknown --objective '{opts.objective}': use {', '.join(OBJECTIVES)}")
     types = _types(opts)

@@ -23,6 +23,7 @@ def run_search(tmp_path, *args):
     (("--budget", "5bpw", "--storage", "redis://localhost/0"), "unknown storage URL"),
     (("--budget", "5bpw", "--types", "iq4_ks"), "does not exist in mainline"),
     (("--budget", "5bpw", "--objective", "speed"), "invalid choice"),
+    (("--budget", "5bpw", "--jobs", "2"), "SQLite cannot serve safely"),
 ])
 def test_bad_input(tmp_path, args, msg):
     assert msg in run_search(tmp_path, *args)
@@ -69,10 +70,13 @@ def test_a_whole_search_with_two_workers_on_a_tiny_model(tmp_path):
                         "--select-chunks", "6", "--eval-chunks", "2", "--imatrix-chunks", "4",
                         "-f", str(tmp_path / "calib.txt"), "--eval-file", str(tmp_path / "eval.txt"),
                         "--timeout", "20", "--jobs", "2", "--study", "t", "--studies-dir", str(st),
+                        "--storage", f"journal:{tmp_path}/t.log",
                         "--json"], capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stderr[-3000:]
     s = json.loads(p.stdout)
-    study = optuna.load_study(study_name="t", storage=f"sqlite:///{st}/t/study.db")
+    from search._storage import open_storage
+
+    study = optuna.load_study(study_name="t", storage=open_storage(f"journal:{tmp_path}/t.log"))
     done = [t for t in study.trials if t.state.is_finished()]
     pids = [t.user_attrs["worker"]["pid"] for t in done]
     assert len(set(pids)) == 2  # each process optimizes for 20 s from its own start
