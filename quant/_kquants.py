@@ -10,8 +10,9 @@ qs[64] scales[12] d (110); q4_K d dmin scales[12] qs[128] (144); q5_K d dmin sca
 qs[128] (176); q6_K ql[128] qh[64] scales[16] d (210). "mainline" runs ggml's ref functions
 without imatrix and its impl functions with one; "ik" runs the same layouts with ik's searches
 (spec 2.1.5, gotcha 4). Both match the C sources (built without FMA) bit for bit, on any x86 CPU
-whether or not XLA may use FMAs (see ``_scale_search`` for how). Not reproduced: ik q2_K's
-ternary detector sums over the whole input with XLA sums instead of sequentially per chunk.
+whether or not XLA may use FMAs (see ``_scale_search`` for how). ik q2_K's ternary detector
+looks at each chunk of ceil(16384/ne0) rows, as multi-threaded llama-quantize calls it (spec
+3.5; quant's row slices are whole chunks); not reproduced: its sums are XLA sums, not sequential.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from ._primitives import argmax_abs, f16_bits, fp16_round
 from ._registry import register_dequantizer, register_quantizer
+from ._slices import chunk_rows
 from ._scale_search import (
     _cdiv,
     _div,
@@ -154,18 +156,26 @@ def _q2k_imat(xb, wb, ik):
 
 
 def _ternary(x, blocks):
-    """ik q2_K without imatrix: TriNet detector over the whole input (spec 2.6 (a)).
+    """ik q2_K without imatrix: TriNet detector per chunk of rows (spec 2.6 (a), 3.5).
 
-    The C sums are sequential over the chunk; here they are XLA sums (matters only at the
-    threshold).
+    x [R, ne0] (zero rows, e.g. a slice's padding, change no chunk's outcome); the C sums are
+    sequential over the chunk, here they are XLA sums (matters only at the threshold).
     """
-    amax = jnp.max(jnp.abs(x))
-    t = jnp.where(x < -0.5 * amax, -1.0, jnp.where(x < 0.5 * amax, 0.0, 1.0)).astype(_F32)
-    hit = jnp.sum((x - amax * t) ** 2) < _F32(0.1) * jnp.sum(x * x)
+    r, ne0 = x.shape
+    c = chunk_rows(ne0)
+    n = -(-r // c)
+    xc = jnp.pad(x, ((0, n * c - r), (0, 0))).reshape(n, c * ne0)
+    amax = jnp.max(jnp.abs(xc), axis=1, keepdims=True)
+    t = jnp.where(xc < -0.5 * amax, -1.0, jnp.where(xc < 0.5 * amax, 0.0, 1.0)).astype(_F32)
+    hit = jnp.sum((xc - amax * t) ** 2, axis=1) < _F32(0.1) * jnp.sum(xc * xc, axis=1)
+    per_block = ne0 // QK
+    hit_b = jnp.repeat(jnp.repeat(hit, c)[:r], per_block)
+    amax_b = jnp.repeat(jnp.repeat(amax[:, 0], c)[:r], per_block)
     byte, d, dmin, l = blocks
-    l3 = (t.reshape(l.shape) + 1).astype(l.dtype)
-    return (jnp.where(hit, 0x11, byte), jnp.where(hit, amax, d), jnp.where(hit, amax, dmin),
-            jnp.where(hit, l3, l))
+    l3 = (t.reshape(-1)[: r * ne0].reshape(l.shape) + 1).astype(l.dtype)
+    hl = hit_b.reshape((-1,) + (1,) * (l.ndim - 1))
+    return (jnp.where(hit_b[:, None], 0x11, byte), jnp.where(hit_b, amax_b, d),
+            jnp.where(hit_b, amax_b, dmin), jnp.where(hl, l3, l))
 
 
 @partial(jax.jit, static_argnames=("ik",))
@@ -174,7 +184,7 @@ def _q2k(x, w, ik: bool):
     if wb is None:
         out = _q2k_ref(xb, ik)
         if ik:
-            out = _ternary(xb, out)
+            out = _ternary(jnp.asarray(x, _F32), out)
     else:
         out = _q2k_imat(xb, wb, ik)
     byte, d, dmin, l = out

@@ -9,7 +9,7 @@ import pytest
 from conftest import FIXTURES
 from quant import (FallbackError, TargetError, UnknownTypeError, get_type, resolve,
                    tensor_nbytes, type_in_target)
-from search._sizes import plan_bytes, resolve_plan
+from search import plan_bytes, resolve_plan
 
 BASELINE = json.loads((FIXTURES / "baseline-sizes.json").read_text())
 

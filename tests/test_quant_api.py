@@ -10,6 +10,7 @@ import pytest
 import quant
 from quant import _primitives as P
 from quant._api import _jit_dequant, _jit_quant
+from quant._slices import SLICE_WEIGHTS, chunk_rows, slice_rows
 
 RNG = np.random.default_rng(1234)
 
@@ -125,16 +126,40 @@ def _compiled(name, with_w, ne0):
     return q._cache_size() + d._cache_size()
 
 
-def test_fake_quant_compiles_once_per_shape():
+def test_fake_quant_compiles_once_per_slice_shape():
     before = _compiled("q4_0", False, 416)  # a row length no other test uses
     for seed in range(3):
         x = np.random.default_rng(seed).standard_normal((5, 416)).astype(np.float32)
         quant.fake_quant(x, "q4_0")
     assert _compiled("q4_0", False, 416) == before + 2  # one quantizer and one dequantizer program
     quant.quantize(_rows(5, 416), "q4_0")  # quantize shares the compiled quantizer
+    quant.fake_quant(_rows(7, 416), "q4_0")  # 5 and 7 rows both run as a slice of 8
     assert _compiled("q4_0", False, 416) == before + 2
-    quant.fake_quant(_rows(7, 416), "q4_0")  # a new shape compiles once more
+    quant.fake_quant(_rows(9, 416), "q4_0")  # the next power of two compiles once more
     assert _compiled("q4_0", False, 416) == before + 4
+
+
+def test_large_tensors_share_one_slice_program():
+    s = slice_rows(10**6, 96)
+    before = _compiled("q8_0", False, 96)
+    x = _rows(3 * s + 5, 96)
+    q = quant.quantize(x, "q8_0")
+    assert _compiled("q8_0", False, 96) == before + 1
+    quant.quantize(x[: 2 * s + 1], "q8_0")  # another size above one slice: no new program
+    assert _compiled("q8_0", False, 96) == before + 1
+    # slicing and padding do not change a byte: the rows around a slice boundary, alone
+    assert np.array_equal(q[s - 3:s + 2], quant.quantize(x[s - 3:s + 2], "q8_0"))
+    assert np.array_equal(quant.dequantize(q, "q8_0", x.shape),
+                          np.asarray(quant.fake_quant(x, "q8_0")))
+
+
+def test_slice_rows_bounds_weights_and_keeps_chunks():
+    for ne0 in (32, 640, 2048, 5376, 21504, 262144):
+        s = slice_rows(10**7, ne0)
+        assert s * ne0 <= max(SLICE_WEIGHTS, ne0 * chunk_rows(ne0))
+        assert s % chunk_rows(ne0) == 0
+    assert [slice_rows(n, 640) for n in (1, 2, 3, 24, 500, 806, 5000)] == [1, 2, 4, 32, 512, 806,
+                                                                             806]
 
 
 def test_fake_quant_with_imatrix_compiles_once():

@@ -5,23 +5,27 @@ from __future__ import annotations
 import gguf
 import numpy as np
 import pytest
+from _golden import GOLDEN, golden_bytes, golden_case, load_golden  # noqa: F401
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_quant_legacy import GOLDEN, check_fake_quant_is_gguf_dequantize, check_golden, rows
+from test_quant_legacy import check_fake_quant_is_gguf_dequantize, check_golden, rows
 
 import quant
 
 IQ4 = ["iq4_nl", "iq4_xs"]
+STEMS = [f"{n}{s}" for n in IQ4 + ["mxfp4"] for s in ("", "_imat")]  # both targets
 
 
-@pytest.mark.parametrize("stem", [f"{n}{s}" for n in IQ4 + ["mxfp4"] for s in ("", "_imat")])
-def test_mainline_golden(stem):
-    check_golden(stem, "mainline", ("q_ggml",))
+@pytest.mark.parametrize("stem", STEMS)
+@golden_case(lambda stem: (stem, "mainline"))
+def test_mainline_golden(stem, golden_bytes):
+    check_golden(stem, "mainline", ("q_ggml",), golden_bytes)
 
 
-@pytest.mark.parametrize("stem", [f"{n}{s}" for n in IQ4 + ["mxfp4"] for s in ("", "_imat")])
-def test_ik_golden(stem):
-    check_golden(stem, "ik", ("q_iknofma", "q_ik"))
+@pytest.mark.parametrize("stem", STEMS)
+@golden_case(lambda stem: (stem, "ik"))
+def test_ik_golden(stem, golden_bytes):
+    check_golden(stem, "ik", ("q_iknofma", "q_ik"), golden_bytes)
 
 
 @pytest.mark.parametrize("name", IQ4 + ["mxfp4"])
@@ -35,7 +39,7 @@ GRID_TYPES = ["iq1_s", "iq1_m", "iq2_xxs", "iq2_xs", "iq2_s", "iq3_xxs", "iq3_s"
 @pytest.mark.parametrize("name", GRID_TYPES)
 def test_grid_dequantizer_equals_gguf_on_ggml_bytes(name):
     stem = name if (GOLDEN / f"{name}.npz").exists() else f"{name}_imat"
-    z = np.load(GOLDEN / f"{stem}.npz")
+    z = load_golden(stem)
     q = z["q_ggml"]
     want = gguf.quants.dequantize(q, gguf.GGMLQuantizationType[name.upper()]).reshape(z["x"].shape)
     got = quant.dequantize(q, name, z["x"].shape)
@@ -65,7 +69,7 @@ def test_mxfp4_equals_gguf_py(x):
 @pytest.mark.parametrize("name,target", [("iq4_nl", "mainline"), ("iq4_xs", "ik")])
 @settings(max_examples=3, deadline=None, suppress_health_check=[HealthCheck.too_slow],
           derandomize=True)
-@given(x=rows(shapes=((3, 256),)), with_w=st.booleans())
+@given(x=rows(shapes=((24, 1536),)), with_w=st.booleans())  # the golden shape: no new compile
 def test_iq4_sane(name, target, x, with_w):
     w = np.random.default_rng(0).random(x.shape[1]).astype(np.float32) + 0.01 if with_w else None
     y = np.asarray(quant.fake_quant(x, name, w, target))

@@ -96,6 +96,7 @@ def test_bench_fake_quant():
     print(f"\n{rows} x {ne0} weights, best of {reps}; reference: {ref_name}; "
           f"jax device {jax.devices()[0]}")
     print(f"{'type':8s} {'imatrix':7s} {'jax Mw/s':>9s} {'ref Mw/s':>9s} {'jax/ref':>8s}  bytes")
+    differ = []
     for name in TYPES:
         for use_w in ([False, True] if name in IMATRIX_TYPES else [False]):
             wi = w if use_w else None
@@ -110,8 +111,11 @@ def test_bench_fake_quant():
             same = np.array_equal(ours, theirs)
             print(f"{name:8s} {str(use_w):7s} {jr / 1e6:9.2f} {rr / 1e6:9.2f} {jr / rr:8.2f}  "
                   f"{'identical' if same else 'DIFFER'}")
+            if not same:
+                differ.append(f"{name}{' (imatrix)' if use_w else ''}")
     q40 = _jax_rate("q4_0", x, None, "mainline", reps)
     print(f"\nik quantizers (ratio: to our mainline q4_0 without imatrix, {q40 / 1e6:.2f} Mw/s)")
     for name, use_w in IK_ONLY:
         jr = _jax_rate(name, x, w if use_w else None, "ik", reps)
         print(f"{name + ' ik':12s} {str(use_w):7s} {jr / 1e6:9.2f} {jr / q40:8.3f}")
+    assert not differ, f"bytes differ from the reference ({ref_name}) for: {', '.join(differ)}"
