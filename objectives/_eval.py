@@ -13,6 +13,9 @@ hidden state (one extra head matmul per batch), so KLD(base || Q) is exact over 
 vocabulary while the cache holds D floats per token instead of n_vocab (SmolLM2, 100 chunks:
 59 MB instead of llama.cpp's 2.5 GB). A top-k cache was measured and rejected: with the rest
 of the vocabulary as one bin, k = 256 under-reads mean KLD by 5 % (k = 1024: 1.6 %).
+
+The head runs over blocks of ``head_rows(V)`` scored positions (``lax.map``), so its logits
+never exceed ``HEAD_BLOCK_BYTES`` per array whatever the vocabulary (Gemma 3: 64 rows x 262,144).
 """
 
 from __future__ import annotations
@@ -33,16 +36,14 @@ from ._models import _common as C
 from ._models._stream import TRACES, Progress, Weights, batches, final_hidden, head_inputs
 
 _CACHE_VERSION = 2
+HEAD_BLOCK_BYTES = 64 << 20  # float32 logits per head block (see head_rows)
 
 
 def add_bos(model) -> bool:
-    """llama-vocab's rule: the GGUF key, else true for SPM and the llama3/tekken pre-tokenizers."""
-    v = model.meta.get("tokenizer.ggml.add_bos_token")
-    if v is not None:
-        return bool(v)
-    kind, pre = model.meta.get("tokenizer.ggml.model"), model.meta.get("tokenizer.ggml.pre", "")
-    return kind in ("llama", "bert") or pre in ("llama3", "llama-v3", "llama-bpe", "falcon3",
-                                                "falcon-h1", "pixtral", "tekken", "chameleon")
+    """Whether llama-perplexity writes BOS: the tokenizer's rule (``_tokenizer.add_bos``)."""
+    from ._tokenizer import add_bos as rule
+
+    return rule(model.meta)
 
 
 def bos_id(model) -> int | None:
@@ -102,19 +103,51 @@ def kl_stats(lp, lq, targets):
     return nll, kld, jnp.argmax(lq, axis=-1)
 
 
+def head_rows(n_vocab: int) -> int:
+    """Scored positions whose logits are computed at once: a [rows, V] float32 block of at
+    most ``HEAD_BLOCK_BYTES`` (the head of a 262,144-token vocabulary would otherwise hold
+    4 x 255 x V floats, 1 GiB per array, several at once)."""
+    return max(1, HEAD_BLOCK_BYTES // (4 * n_vocab))
+
+
+def _row_blocks(fn, n_vocab: int, *arrays):
+    """``fn`` over blocks of ``head_rows`` rows of [B, S, ...] arrays (flattened to rows and
+    zero-padded), its outputs reshaped back to [B, S, ...]."""
+    b, s = arrays[0].shape[:2]
+    rows = min(head_rows(n_vocab), b * s)
+    n_blk = -(-b * s // rows)
+
+    def blocked(a):
+        a = a.reshape(b * s, *a.shape[2:])
+        a = jnp.pad(a, [(0, n_blk * rows - b * s)] + [(0, 0)] * (a.ndim - 1))
+        return a.reshape(n_blk, rows, *a.shape[1:])
+
+    outs = jax.lax.map(lambda xs: fn(*xs), tuple(blocked(a) for a in arrays))
+    return tuple(o.reshape(n_blk * rows, *o.shape[2:])[: b * s].reshape(b, s, *o.shape[2:])
+                 for o in outs)
+
+
 def _base_step(cfg, first, head, x, targets):
     TRACES["base_head"] += 1
     h = _normed(cfg, head, x, first)
-    lp = jax.nn.log_softmax(_head_logits(cfg, h, head[1], head[2]), axis=-1)
-    tgt = jnp.take_along_axis(lp, targets[..., None], axis=-1)[..., 0]
-    return h, tgt, jnp.argmax(lp, axis=-1)
+
+    def block(hb, tb):  # [R, D], [R]
+        lp = jax.nn.log_softmax(_head_logits(cfg, hb, head[1], head[2]), axis=-1)
+        return jnp.take_along_axis(lp, tb[:, None], axis=-1)[:, 0], jnp.argmax(lp, axis=-1)
+
+    tgt, amax = _row_blocks(block, head[1].shape[0], h, targets)
+    return h, tgt, amax
 
 
 def _q_step(cfg, first, head, w_base, x, targets, h_base):
     TRACES["q_head"] += 1
-    lq = jax.nn.log_softmax(_head_logits(cfg, _normed(cfg, head, x, first), head[1], head[2]), -1)
-    lp = jax.nn.log_softmax(_head_logits(cfg, h_base, w_base, C.ACT_NONE), axis=-1)
-    return kl_stats(lp, lq, targets)
+
+    def block(hq, hb, tb):  # [R, D], [R, D], [R]
+        lq = jax.nn.log_softmax(_head_logits(cfg, hq, head[1], head[2]), axis=-1)
+        lp = jax.nn.log_softmax(_head_logits(cfg, hb, w_base, C.ACT_NONE), axis=-1)
+        return kl_stats(lp, lq, tb)
+
+    return _row_blocks(block, head[1].shape[0], _normed(cfg, head, x, first), h_base, targets)
 
 
 _base_jit = jax.jit(_base_step, static_argnums=(0, 1))

@@ -26,6 +26,7 @@ _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<
 _STRING, _ARRAY = 8, 9
 _SPLIT_RE = re.compile(r"-(\d{5})-of-(\d{5})\.gguf$")
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.(.+)\.(weight|bias)$")
+_LAYER_PREFIX_RE = re.compile(r"^blk\.(\d+)\.")
 _IK_ONLY_IDS = {31, 32, 33, 36} | set(range(97, 100)) | set(range(133, 160)) | set(range(200, 400))
 
 
@@ -40,6 +41,12 @@ _NEVER_BY_TARGET = {
                  ".rel_pos", ".patch_embd", ".patch_merger", "a.rvq.codebook", "mm.a.code_embd"),
     "ik": ("ssm_x.weight", "ssm_dt.weight"),
 }
+_NEVER_BY_ARCH = {  # mainline only (llama-quant.cpp, tensor_allows_quantization)
+    "glm5-next": ("hc_", "indexer.attn_q_b", "indexer.attn_k", "indexer.proj",
+                  "indexer_compressor_gate", "indexer_compressor_ape", "ssm_f_a.weight",
+                  "ssm_f_b.weight", "ssm_g_a.weight", "ssm_g_b.weight", "ssm_beta.weight",
+                  "attn_kv_a_mqa.weight", "attn_k_b.weight", "attn_v_b.weight"),
+}
 _INT_TYPES = ("i8", "i16", "i32", "i64")
 
 
@@ -47,16 +54,26 @@ class GGUFError(UserError):
     pass
 
 
+def layer_of(name: str) -> int | None:
+    """The layer number of a ``blk.N.*`` tensor name, else None (the one layer rule)."""
+    m = _LAYER_PREFIX_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
 def ggml_n_dims(ne: tuple[int, ...]) -> int:
     """ggml_n_dims: trailing dimensions of size 1 do not count."""
     return 1 + max((i for i, n in enumerate(ne) if n > 1), default=0)
 
 
-def is_quantizable(name: str, ne: tuple[int, ...], target: str) -> bool:
-    """Whether llama-quantize of ``target`` quantizes this tensor (spec section 3.1, default flags)."""
+def is_quantizable(name: str, ne: tuple[int, ...], target: str, arch: str | None = None) -> bool:
+    """Whether llama-quantize of ``target`` quantizes this tensor (spec section 3.1, default flags;
+    ``arch`` adds mainline's per-architecture exclusions)."""
     if not name.endswith("weight") or ggml_n_dims(ne) < 2 or name in _NEVER_EXACT:
         return False
-    return not any(s in name for s in _NEVER + _NEVER_BY_TARGET[target])
+    never = _NEVER + _NEVER_BY_TARGET[target]
+    if target == "mainline" and arch in _NEVER_BY_ARCH:
+        never += _NEVER_BY_ARCH[arch]
+    return not any(s in name for s in never)
 
 
 @dataclass(frozen=True)
@@ -80,8 +97,7 @@ class TensorInfo:
 
     @property
     def layer(self) -> int | None:
-        m = _LAYER_RE.match(self.name)
-        return int(m.group(1)) if m else None
+        return layer_of(self.name) if _LAYER_RE.match(self.name) else None
 
     @property
     def role(self) -> str:
@@ -239,7 +255,8 @@ class GGUFModel:
     def quantizable(self, target: str = "mainline") -> list[TensorInfo]:
         """Tensors llama-quantize of ``target`` would quantize, in file order."""
         return [t for t in self.tensors.values()
-                if t.qtype.name not in _INT_TYPES and is_quantizable(t.name, t.ne, target)]
+                if t.qtype.name not in _INT_TYPES
+                and is_quantizable(t.name, t.ne, target, self.arch)]
 
     @property
     def nbytes(self) -> int:
@@ -267,6 +284,17 @@ class GGUFModel:
 
         t = self.tensors[name]
         return np.asarray(dequantize(self.raw(name), t.qtype.name, t.shape), dtype=np.float32)
+
+    def f32_experts(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Experts start..stop-1 of a 3-D tensor as float32 [stop-start, ne1, ne0] (only their
+        rows are read and dequantized)."""
+        from quant import dequantize
+
+        t = self.tensors[name]
+        per = math.prod(t.shape[1:-1])
+        rows = self.raw(name)[start * per:stop * per]
+        return np.asarray(dequantize(rows, t.qtype.name, (stop - start, *t.shape[1:])),
+                          dtype=np.float32)
 
     def identity(self) -> dict[str, Any]:
         """Base-model identity: name, arch, sizes and a sha256 over every split's header

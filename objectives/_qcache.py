@@ -16,20 +16,16 @@ import hashlib
 import json
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 import quant
 
 from ._gguf import GGUFModel
+from ._version import tool_version
 
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("gguf-recipe-search")
-    except PackageNotFoundError:
-        return "0"
+_ERROR_SLICE = 1 << 20  # weights per slice of error()
+_FLOAT_VIEWS = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "bf16": ml_dtypes.bfloat16}
 
 
 def imatrix_sha(imatrix: dict[str, np.ndarray] | None) -> str:
@@ -42,12 +38,15 @@ def imatrix_sha(imatrix: dict[str, np.ndarray] | None) -> str:
     return h.hexdigest()[:16]
 
 
+SLICE_BYTES = 1 << 30  # float32 bytes of experts quantized at once
+
+
 class QuantCache:
     def __init__(self, model: GGUFModel, target: str,
                  imatrix: dict[str, np.ndarray] | None = None, cache_dir: str | Path | None = None):
         self.model, self.target, self.imatrix = model, target, imatrix or {}
         key = json.dumps([model.identity()["sha256_header_and_heads"], target,
-                          imatrix_sha(imatrix), _version()])
+                          imatrix_sha(imatrix), tool_version()])
         self.dir = Path(cache_dir) / hashlib.sha256(key.encode()).hexdigest()[:16] \
             if cache_dir else None
         self._mem: dict[tuple[str, str], np.ndarray] = {}
@@ -55,23 +54,65 @@ class QuantCache:
     def _path(self, name: str, type_: str) -> Path | None:
         return self.dir / f"{name}.{type_}.npy" if self.dir else None
 
-    def packed(self, name: str, type_: str) -> np.ndarray:
+    def packed(self, name: str, type_: str, keep: bool = True) -> np.ndarray:
+        """``keep=False`` (writing a file): not held in memory; a disk entry is memory-mapped."""
         key = (name, type_)
-        if key not in self._mem:
-            self._mem[key] = self._load_or_quantize(name, type_)
+        if key in self._mem:
+            return self._mem[key]
+        if not keep:
+            return self._load_or_quantize(name, type_, mmap_mode="r")
+        self._mem[key] = self._load_or_quantize(name, type_)
         return self._mem[key]
 
-    def _load_or_quantize(self, name: str, type_: str) -> np.ndarray:
+    def _load_or_quantize(self, name: str, type_: str, mmap_mode: str | None = None) -> np.ndarray:
         path = self._path(name, type_)
         if path is not None and path.is_file():
-            return np.load(path)
-        q = quant.quantize(self.model.f32(name), type_, self.imatrix.get(name), self.target)
+            return np.load(path, mmap_mode=mmap_mode)
+        q = self._quantize(name, type_)
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(f".{id(q)}.tmp.npy")
             np.save(tmp, q)
             tmp.replace(path)
         return q
+
+    def _quantize(self, name: str, type_: str) -> np.ndarray:
+        """The tensor's bytes; a 3-D tensor of experts is read and quantized a slice at a time
+        (rows are independent: the bytes are the whole tensor's)."""
+        t, im = self.model.tensors[name], self.imatrix.get(name)
+        if len(t.shape) != 3 or 4 * t.n_elements <= SLICE_BYTES:
+            return quant.quantize(self._source(name), type_, im, self.target)
+        step = max(1, SLICE_BYTES // (4 * t.n_elements // t.shape[0]))
+        parts = []
+        for e0 in range(0, t.shape[0], step):
+            e1 = min(e0 + step, t.shape[0])
+            w = im if im is None or np.size(im) == t.shape[-1] else \
+                np.asarray(im).reshape(t.shape[0], -1)[e0:e1]
+            parts.append(quant.quantize(self.model.f32_experts(name, e0, e1), type_, w,
+                                        self.target))
+        return np.concatenate(parts)
+
+    def expert_values(self, name: str, type_: str, e0: int, e1: int) -> np.ndarray:
+        """Float32 values of experts e0..e1-1 of a 3-D tensor at ``type_`` (only those rows
+        are dequantized).  # [e1-e0, ne1, ne0]"""
+        shape = self.model.tensors[name].shape
+        rows = self.packed(name, type_)[e0 * shape[1]:e1 * shape[1]]
+        return quant.dequantize(rows, type_, (e1 - e0, *shape[1:]), self.target)
+
+    def _source(self, name: str) -> np.ndarray:
+        """The tensor's values, numpy shape: a zero-copy view of the file's rows when it stores
+        floats (quant converts them slice by slice: no float32 copy of a whole 27B embedding),
+        else its float32 dequantization."""
+        t = self.model.tensors[name]
+        view = _FLOAT_VIEWS.get(t.qtype.name)
+        if view is None:
+            return self.model.f32(name)
+        return self.model.raw(name).view(view).reshape(t.shape)
+
+    def drop(self, name: str) -> None:
+        """Forget the packed bytes of ``name`` held in memory (the disk copy stays)."""
+        for key in [k for k in self._mem if k[0] == name]:
+            del self._mem[key]
 
     def values(self, name: str, type_: str) -> np.ndarray:
         shape = self.model.tensors[name].shape
@@ -80,8 +121,14 @@ class QuantCache:
     def error(self, name: str, type_: str, qw: np.ndarray | None = None) -> float:
         """``qw`` weights the columns when the imatrix has no entry for this tensor (the
         output head's inputs, which llama-imatrix does not collect for tied embeddings)."""
-        w = self.model.f32(name)
-        d = (w - self.values(name, type_)).astype(np.float64)
+        w = self._source(name)
+        w = w.reshape(-1, w.shape[-1])
+        q, col = self.packed(name, type_), np.zeros(w.shape[1])
+        step = max(1, _ERROR_SLICE // w.shape[1])  # rows at a time: float64 temporaries bounded
+        for a in range(0, w.shape[0], step):
+            part = np.asarray(w[a:a + step], np.float32)
+            d = (part - quant.dequantize(q[a:a + step], type_, part.shape, self.target)).astype(
+                np.float64)
+            col += (d * d).sum(axis=0)
         qw = self.imatrix.get(name, qw)
-        col = (d * d).reshape(-1, w.shape[-1]).sum(axis=0)
         return float(col @ (np.asarray(qw, np.float64) if qw is not None else np.ones_like(col)))

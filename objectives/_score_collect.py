@@ -6,7 +6,11 @@
 Imatrix (spec 4.1, mainline llama-imatrix on the F32 base): for every ``blk.*`` matmul, per input
 column j, sum_t x_tj^2 over every token row t of every chunk, and the row count. x is the f32
 input of the matmul, before the CPU matmul's activation rounding (``_common.TAP``). Chunks of
-fewer than 16 tokens are ignored, as llama-imatrix ignores batches under 16 tokens.
+fewer than 16 tokens are ignored, as llama-imatrix ignores batches under 16 tokens. 3-D weights
+(``_common.TAP_STATS``) keep one sum row per matrix: experts (ggml_mul_mat_id) sum the rows
+routed to each expert, with one count per expert ([E, n_in], [E]); per-head weights
+(attn_k_b, attn_v_b) sum each head's rows, stored as llama-imatrix stores them: one row of the
+heads' sums one after the other and one count ([1, H*n_in], [1]).
 
 Similarity (spec 5.1, ik ``--layer-similarity``), per layer a mean over all tokens of a cosine
 between matmul inputs (a_L: input of layer L's first matmul, f_L: of its first ``ffn_`` matmul):
@@ -19,7 +23,6 @@ a fixed stride from the first batch of chunks; ``samples[name]`` f32 [S, n_in].
 
 from __future__ import annotations
 
-import collections
 from dataclasses import dataclass, field
 
 import jax
@@ -35,7 +38,8 @@ from ._models import family
 from ._models._stream import TRACES, Weights, batches, embed
 
 MIN_BATCH_TOKENS = 16
-_LAYOUT: dict = {}  # (family, cfg) -> (tap fields, tap index of each tap's input, sampled taps)
+_LAYOUT: dict = {}  # (family, cfg, layer treedef) -> (tap fields, each tap's input, sampled taps,
+#                     fields of the 3-D weight statistics)
 
 
 @dataclass
@@ -48,24 +52,31 @@ class Collected:
 def _capture_step(fam, cfg, f16_kv, ffn_fields, stride, p, x, rope, window, valid):
     """forward_layer plus, per matmul, sum of x^2 over valid rows, and the inputs a, f."""
     TRACES["capture"] += 1
-    C.TAP = tap = []
+    tap, stats = [], []
+    C.TAP, C.TAP_STATS, C.TAP_VALID = tap, stats, valid
     try:
         y = fam.forward_layer(cfg, p, x, rope, window, f16_kv)
     finally:
-        C.TAP = None
+        C.TAP = C.TAP_STATS = C.TAP_VALID = None
     fields = {id(v): k for k, v in vars(p).items()}
     order = tuple(fields[id(w)] for w, _ in tap)
     first_x: dict[int, int] = {}
     src = tuple(first_x.setdefault(id(xin), i) for i, (_, xin) in enumerate(tap))
     sampled = tuple(sorted(set(src)))
-    _LAYOUT[(fam.__name__, cfg)] = (order, src, sampled)
+    _LAYOUT[_layout_key(fam, cfg, p)] = (order, src, sampled,
+                                         tuple(fields[id(w)] for w, _, _ in stats))
     sums = tuple(jnp.einsum("b...i,b->i", xin * xin, valid) for _, xin in tap)
+    sums = (sums, tuple((s, c) for _, s, c in stats))
     f_idx = next(i for i, k in enumerate(order) if k in ffn_fields)
     samples = tuple(tap[i][1][:, stride // 2::stride] for i in sampled) if stride else ()
     return y, sums, tap[0][1], tap[f_idx][1], samples
 
 
 _capture_jit = jax.jit(_capture_step, static_argnums=(0, 1, 2, 3, 4))
+
+
+def _layout_key(fam, cfg, p):
+    return fam.__name__, cfg, jax.tree_util.tree_structure(p)
 
 
 def _cos_rows(a, b):
@@ -97,14 +108,16 @@ class _Accumulator:
 
     def __init__(self, n_layer: int):
         self.sums: dict[str, np.ndarray] = {}
-        self.counts: collections.Counter = collections.Counter()
+        self.counts: dict[str, np.ndarray] = {}
         self.cos = {k: np.zeros(n_layer + 1) for k in ("layer", "attn", "ffn")}
         self.n = {k: np.zeros(n_layer + 1, np.int64) for k in ("layer", "attn", "ffn")}
 
-    def add_sum(self, name: str, s, rows: int) -> None:
-        s = np.asarray(s, np.float64)
+    def add_sum(self, name: str, s, rows) -> None:
+        """s: [n_in] (one matrix) or [n_mat, n_in]; rows: a count or one per matrix."""
+        s = np.asarray(s, np.float64).reshape(-1, np.shape(s)[-1])
         self.sums[name] = self.sums.get(name, 0.0) + s
-        self.counts[name] += rows
+        self.counts[name] = self.counts.get(name, 0) + np.rint(
+            np.asarray(rows, np.float64)).astype(np.int64).reshape(-1)
 
     def add_cos(self, kind: str, il: int, cos, mask: np.ndarray) -> None:
         c = np.asarray(cos, np.float64)[mask]
@@ -153,9 +166,11 @@ def _layer_pass(model, fam, cfg, w, il, hs, valid, acc, f16_kv, stride, samples)
                                                stride if samples is not None else 0, p, h,
                                                jnp.asarray(rope), jnp.int32(window),
                                                jnp.asarray(valid[bi], jnp.float32))
-        order, src, sampled = _LAYOUT[(fam.__name__, cfg)]
-        for k, s in zip(order, sums):
+        order, src, sampled, stat_fields = _LAYOUT[_layout_key(fam, cfg, p)]
+        for k, s in zip(order, sums[0]):
             acc.add_sum(names[k], s, int(valid[bi].sum()) * h.shape[1])
+        for k, (s, c) in zip(stat_fields, sums[1]):
+            acc.add_sum(names[k], s, c)
         if samples is not None and bi == 0:
             samples.update(_samples(names, order, src, sampled, xs, int(valid[0].sum())))
         out_h.append(y)
@@ -195,8 +210,8 @@ def _last_layer(cfg, w, acc, hs, prev, valid, samples, stride) -> None:
 def _imatrix(acc: _Accumulator, chunks: np.ndarray) -> Imatrix:
     im = Imatrix(chunk_count=len(chunks), chunk_size=chunks.shape[1])
     for name in sorted(acc.sums):
-        im.sums[name] = acc.sums[name].reshape(1, -1)
-        im.counts[name] = np.array([acc.counts[name]], np.int64)
+        im.sums[name] = acc.sums[name]
+        im.counts[name] = acc.counts[name]
     return im
 
 

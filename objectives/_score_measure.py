@@ -29,7 +29,8 @@ import numpy as np
 from ._eval import _q_jit, base_stats, bos_id, make_chunks, scored
 from ._models import family
 from ._models._stream import Weights, _layer_jit, batches, embed, head_inputs
-from ._qcache import QuantCache, _version, imatrix_sha
+from ._qcache import QuantCache, imatrix_sha
+from ._version import tool_version
 from ._session import CachedWeights
 from ._score_tensor import written_types
 
@@ -42,7 +43,7 @@ def measurement_key(model, chunks: np.ndarray, imatrix, target: str, act_round: 
     """The hashes a stored measurement must match to be reused."""
     corpus = hashlib.sha256(np.ascontiguousarray(chunks, np.int32).tobytes()).hexdigest()[:16]
     return {"model": model.identity()["sha256_header_and_heads"][:16], "corpus": corpus,
-            "imatrix": imatrix_sha(imatrix), "target": target, "tool": _version(),
+            "imatrix": imatrix_sha(imatrix), "target": target, "tool": tool_version(),
             "format": FORMAT, "settings": f"ctx{chunks.shape[1]}-n{len(chunks)}-"
             f"act{int(act_round)}-kv{'f16' if f16_kv else 'f32'}"}
 

@@ -44,6 +44,11 @@ class CachedWeights(Weights):
             self._memo[name] = x
         return x
 
+    def get_experts(self, name: str, e0: int, e1: int):
+        if name in self.recipe and name not in self.override:
+            return self.cache.expert_values(name, self.recipe[name], e0, e1)
+        return super().get_experts(name, e0, e1)
+
 
 @dataclass
 class ChunkStats:

@@ -306,17 +306,37 @@ def _build_spm(vocab: _Vocab, add_space_prefix: bool):
     return hf
 
 
-def _build(vocab: _Vocab) -> tuple[Any, str, bool, bool]:
-    """(HF tokenizer, kind, add_space_prefix, add_bos default) for the vocab's model."""
+def _build(vocab: _Vocab) -> tuple[Any, str, bool]:
+    """(HF tokenizer, kind, add_space_prefix) for the vocab's model."""
     if vocab.model == "gpt2":
-        return _build_bpe(vocab), "bpe", False, _PRE[vocab.pre][2]
+        return _build_bpe(vocab), "bpe", False
     if vocab.model == "gemma4":
-        return _build_gemma4(vocab), "gemma4", False, True
+        return _build_gemma4(vocab), "gemma4", False
     if vocab.model == "llama":
         prefix = True if vocab.add_space_prefix is None else vocab.add_space_prefix
-        return _build_spm(vocab, prefix), "spm", prefix, True
+        return _build_spm(vocab, prefix), "spm", prefix
     raise UserError(f"tokenizer.ggml.model = '{vocab.model}' is not supported: only 'gpt2' "
                     "(byte-level BPE), 'llama' (SentencePiece) and 'gemma4' are")
+
+
+_DEFAULT_BOS = {"llama": True, "gemma4": True, "bert": True}  # tokenizer.ggml.model -> add_bos
+
+
+def bos_rule(model: str, pre: str, key: bool | None) -> bool:
+    """llama-vocab's rule (the one BOS rule): the ``tokenizer.ggml.add_bos_token`` key, else the
+    default of the vocab type (gpt2: per pre-tokenizer); gemma4 turns a false key on."""
+    if model == "gpt2":
+        default = _PRE.get(pre, _PRE["default"])[2]
+    else:
+        default = _DEFAULT_BOS.get(model, False)
+    return default if key is None or model == "gemma4" else key
+
+
+def add_bos(meta: dict[str, Any]) -> bool:
+    """``bos_rule`` of a GGUF's metadata."""
+    return bos_rule(str(meta.get("tokenizer.ggml.model") or "llama"),
+                    str(meta.get("tokenizer.ggml.pre") or "default"),
+                    _opt_bool(meta.get("tokenizer.ggml.add_bos_token")))
 
 
 class Tokenizer:
@@ -324,12 +344,11 @@ class Tokenizer:
 
     def __init__(self, vocab: _Vocab) -> None:
         self._vocab = vocab
-        self._hf, self.kind, self.add_space_prefix, default_bos = _build(vocab)
+        self._hf, self.kind, self.add_space_prefix = _build(vocab)
         self._control, user = _token_flags(vocab)
         self._hf.add_tokens(_added_tokens(vocab, self._control, user))
         self.bos_id, self.eos_id = vocab.bos_id, vocab.eos_id
-        forced = self.kind == "gemma4"  # llama.cpp turns a false add_bos_token on for gemma4
-        self.add_bos = default_bos if vocab.add_bos is None or forced else vocab.add_bos
+        self.add_bos = bos_rule(vocab.model, vocab.pre, vocab.add_bos)
         self.add_eos = False if vocab.add_eos is None else vocab.add_eos
 
     @classmethod

@@ -43,7 +43,8 @@ def _max_err(ours, ref):
 
 
 def test_unknown_architecture_lists_supported():
-    with pytest.raises(UserError, match="supported: gemma3, llama, mistral3, qwen2, qwen3"):
+    supported = "deepseek2, gemma3, glm4moe, llama, mistral3, qwen2, qwen3, qwen3moe"
+    with pytest.raises(UserError, match=f"supported: {supported}"):
         family("mamba")
 
 
@@ -55,9 +56,10 @@ def test_log_probs_match_llama_cpp(arch, tiny_model):
     assert _max_err(ours, ref) < LOGP_TOL
     _, targets = E.scored(tokens)
     nll = -np.take_along_axis(ours, targets[..., None], -1)[..., 0]
-    if STATS.is_file():
-        ppl = json.loads(STATS.read_text())[f"ppl_tiny-{arch}"]["ppl"]
-        assert float(np.exp(nll.astype(np.float64).mean())) == pytest.approx(ppl, rel=2e-4)
+    if not STATS.is_file():  # the log-probs passed; the PPL figure needs the stats fixture
+        pytest.skip(f"{STATS} missing: regenerate with tests/fixtures/forward/README.md")
+    ppl = json.loads(STATS.read_text())[f"ppl_tiny-{arch}"]["ppl"]
+    assert float(np.exp(nll.astype(np.float64).mean())) == pytest.approx(ppl, rel=2e-4)
 
 
 def test_activation_rounding_brings_kld_to_llama_cpp(tiny_model):
@@ -140,13 +142,21 @@ def test_smollm2_ppl_matches_llama_perplexity(ctx, n, smollm2, tmp_path):
 def test_smollm2_activation_rounding_kld_matches_llama_perplexity(smollm2, tmp_path):
     """The Q4_1 file's own values against the F32 requantization of them: every bit of KLD
     comes from llama.cpp rounding activations to q8_1/q8_0. llama-perplexity --kl-divergence
-    (ctx 128, 4 chunks, README) prints Mean KLD 0.002994 +/- 0.000177, RMS dp 1.558 %."""
+    (ctx 128, 4 chunks, README) printed Mean KLD 0.002994 ± 0.000177, RMS Δp 1.558 % (AVX512
+    build) and 0.002759 ± 0.000158, 1.522 ± 0.142 % (the same commit built for AVX2).
+
+    Which activation sits at a rounding midpoint is chaotic (a 1e-6 relative nudge redraws
+    it: fixtures README, "Parity tolerances"), so each build, and ours, draws its own rounding
+    noise: two draws of a mean over these 252 tokens differ by about hypot(±a, ±b); measured
+    ours 0.003209 ± 0.000341, RMS Δp 1.576 ± 0.172 %. The bound is 3 of those σ."""
     from objectives import _corpus
 
     toks = E.corpus_tokens(smollm2, _corpus.default_corpus("eval"))
     r = E.evaluate(smollm2, tokens=toks, ctx=128, n_chunks=4, base_cache=tmp_path, act_round=True)
-    assert abs(r["kld_mean"] - 0.002994) < 3 * math.hypot(0.000177, r["kld_err"])
-    assert r["rms_dp"] == pytest.approx(0.01558, rel=0.15)
+    for kld, kld_err, rms, rms_err in ((0.002994, 0.000177, 0.01558, 0.00142),  # ± of AVX2
+                                       (0.002759, 0.000158, 0.01522, 0.00142)):
+        assert abs(r["kld_mean"] - kld) < 3 * math.hypot(kld_err, r["kld_err"])
+        assert abs(r["rms_dp"] - rms) < 3 * math.hypot(rms_err, r["rms_dp_err"])
     off = E.evaluate(smollm2, tokens=toks, ctx=128, n_chunks=4, base_cache=tmp_path,
                    act_round=False)
     assert off["kld_mean"] < 1e-6

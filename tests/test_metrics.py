@@ -79,8 +79,10 @@ def _llama_stats(name: str) -> dict:
                     reason="tests/fixtures/forward/llama_stats.json missing (see its README)")
 def test_summary_matches_llama_perplexity_on_its_own_log_probs():
     """Feed llama.cpp's own log-probs (base: tiny llama f32, Q: tiny llama-quant) to our
-    metric code; the figures must equal what llama-perplexity --kl-divergence printed, up to
-    the uint16 storage of Q's log-probs."""
+    metric code; every figure llama-perplexity --kl-divergence printed, each ± included, must
+    come back within 1e-4 relative (measured: <= 5e-5; Q's log-probs are stored as uint16,
+    1.2e-4 nats apart) or half a unit of its last printed digit (Δp and same-top figures are
+    printed in % with 3 decimals, the others with 6)."""
     _, lp = E.read_llama_kld_base(FIX / "tiny-llama.kld")
     toks, lq = E.read_llama_kld_base(FIX / "tiny-llama-quant.kld")
     _, targets = E.scored(toks)
@@ -89,10 +91,13 @@ def test_summary_matches_llama_perplexity_on_its_own_log_probs():
     r = E.summarize(nll, -tgt, kld, amax == lp.argmax(-1).reshape(-1))
     ref = _llama_stats("kld_tiny-llama-quant_vs_tiny-llama")
     assert r["n_tokens"] == ref["n_tokens"]
-    for key, rel in (("ppl", 1e-3), ("ppl_base", 1e-3), ("kld_mean", 2e-2), ("kld_median", 5e-2),
-                     ("kld_p99", 5e-2), ("kld_max", 5e-2), ("rms_dp", 2e-2),
-                     ("ln_ppl_ratio", 5e-2), ("same_top_p", 2e-2)):
-        assert r[key] == pytest.approx(ref[key], rel=rel), key
+    keys = ("ppl", "ppl_err", "ppl_base", "ppl_base_err", "ln_ppl_ratio", "ln_ppl_ratio_err",
+            "kld_mean", "kld_err", "kld_median", "kld_p90", "kld_p95", "kld_p99", "kld_p999",
+            "kld_max", "rms_dp", "rms_dp_err", "same_top_p", "same_top_p_err", "mean_dp")
+    for key in keys:
+        printed = 0.5e-5 if key.startswith(("rms_dp", "same_top", "mean_dp")) else 0.5e-6
+        assert abs(r[key] - ref[key]) <= max(1e-4 * abs(ref[key]), printed), \
+            (key, r[key], ref[key])
 
 
 def test_base_cache_is_reused(tmp_path, monkeypatch, tiny_model):

@@ -2,7 +2,9 @@
 
 A family module provides ``ARCHS``, ``LINEARS``, a frozen ``Config`` (``config(model)``), a
 registered-dataclass ``Layer`` (``load_layer(cfg, get, act, il)``), ``layer_consts(cfg, model,
-il, n_ctx) -> (rope table, window)`` and ``forward_layer(cfg, layer, x, rope, window, f16_kv)``.
+il, n_ctx) -> (rope table, window)`` and ``forward_layer(cfg, layer, x, rope, window, f16_kv)``. Mixture-of-experts families add
+``is_moe_layer(cfg, il)``, ``expert_names(cfg, il)``, ``load_layer(..., experts=False)``,
+``forward_pre`` and ``forward_post`` (``_stream`` runs the experts of a layer in slices).
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from types import ModuleType
 
 from quant import UserError
 
-from . import gemma3, llama, qwen
+from . import deepseek2, gemma3, glm4moe, llama, qwen, qwen3moe
 
-FAMILIES: dict[str, ModuleType] = {a: m for m in (llama, qwen, gemma3) for a in m.ARCHS}
+FAMILIES: dict[str, ModuleType] = {a: m for m in (llama, qwen, gemma3, qwen3moe, deepseek2,
+                                                  glm4moe) for a in m.ARCHS}
 
 
 def family(arch: str) -> ModuleType:

@@ -4,11 +4,17 @@
     rope_table(T, n_rot, base, scale, factors)  -> f32 [T, n_rot/2, 2]: cos, sin (ggml recurrence)
     rope_norm(x [B, T, H, hd], table)           -> same; rotates pairs (2i, 2i+1)
     rope_neox(x [B, T, H, hd], table)           -> same; rotates pairs (i, i + n_rot/2)
+    rope_table_yarn(T, n_rot, base, Yarn)       -> f32 [T, n_rot/2, 2]: ggml_rope_cache_init with
+                                                   YaRN (ramped interpolation, magnitude scale)
     attention(q [B, T, H, hd], k, v [B, T, Hkv, hd], window, ...) -> [B, T, H*hd]
                                                    causal, GQA; window <= 0: no window
     linear(x [..., n_in], w [n_out, n_in], act) -> [..., n_out]; x rounded first as ggml's CPU
                                                    matmul rounds it (``act``, see ACT_*); while
                                                    ``TAP`` is a list, (w, x) is appended to it
+    linear_heads(x [B, T, H, n_in], w [H, n_out, n_in], act) -> [B, T, H, n_out]: a 3-D weight
+                                                   (ggml_mul_mat per head); while capturing,
+                                                   (w, sums [1, H*n_in], count [1]) go to
+                                                   TAP_STATS (llama-imatrix's layout)
 
 Activation rounding codes (``act``, a traced int32 so a recipe change never recompiles):
 ACT_NONE (f32 weights), ACT_Q8_0 (32-block 8-bit, scale fp16), ACT_Q8_K (256-block 8-bit,
@@ -17,6 +23,8 @@ signed-max scale f32), ACT_F16, ACT_BF16. ``act_code(type)`` maps a weight type 
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -131,6 +139,8 @@ def round_activations(x, act):
 
 
 TAP: list | None = None  # while tracing a capturing step: (w, x) of every matmul, in order
+TAP_STATS: list | None = None  # with TAP: (w, sums [n_mat, n_in], counts [n_mat]) of 3-D weights
+TAP_VALID = None  # with TAP: f32 [B], 1 for a real chunk (the rows TAP_STATS counts)
 
 
 def linear(x, w, act):
@@ -139,3 +149,58 @@ def linear(x, w, act):
         TAP.append((w, x))
     x = round_activations(x, act)
     return jnp.einsum("...i,oi->...o", x, w, precision=HIGHEST)
+
+
+def linear_heads(x, w, act):
+    """Per-head matmul of a 3-D weight.  # [B, T, H, n_in], [H, n_out, n_in] -> [B, T, H, n_out]"""
+    if TAP_STATS is not None:  # llama-imatrix: the heads' sums in one row, one count (tokens)
+        TAP_STATS.append((w, jnp.einsum("bthi,b->hi", x * x, TAP_VALID).reshape(1, -1),
+                          (jnp.sum(TAP_VALID) * x.shape[1]).reshape(1)))
+    x = round_activations(x, act)
+    return jnp.einsum("bthi,hoi->btho", x, w, precision=HIGHEST)
+
+
+@dataclass(frozen=True)
+class Yarn:
+    """llama.cpp's rope parameters: freq_scale = 1/factor, ext_factor 1 for YaRN (else 0),
+    attn_factor as llama_context computes it, n_ctx_orig and the correction betas."""
+    freq_scale: float = 1.0
+    ext_factor: float = 0.0
+    attn_factor: float = 1.0
+    n_ctx_orig: int = 0
+    beta_fast: float = 32.0
+    beta_slow: float = 1.0
+
+
+def _corr_dims(n_rot: int, base: float, y: Yarn) -> tuple[np.float32, np.float32]:
+    """ggml_rope_yarn_corr_dims (float32)."""
+    f = np.float32
+
+    def dim(beta):
+        turns = f(y.n_ctx_orig) / (f(beta) * f(2) * f(np.pi))
+        return f(n_rot) * np.log(turns) / (f(2) * np.log(f(base)))
+
+    return f(max(0.0, np.floor(dim(y.beta_fast)))), f(min(n_rot - 1.0, np.ceil(dim(y.beta_slow))))
+
+
+def rope_table_yarn(n_pos: int, n_rot: int, base: float, y: Yarn) -> np.ndarray:
+    """ggml_rope_cache_init: theta = p * base^(-2i/n_rot) by ggml's running product, mixed
+    between interpolated and extrapolated by the YaRN ramp, cos/sin times the magnitude scale.
+    # [T, n_rot/2, 2]"""
+    f = np.float32
+    ts = f(base) ** f(-2.0 / n_rot)
+    low, high = _corr_dims(n_rot, base, y) if y.ext_factor else (f(0), f(0))
+    theta = np.arange(n_pos, dtype=np.float32)
+    mscale = f(y.attn_factor)
+    if y.ext_factor:
+        mscale = f(mscale * (f(1) + f(0.1) * np.log(f(1) / f(y.freq_scale))))
+    cols = []
+    for i in range(n_rot // 2):
+        th = (f(y.freq_scale) * theta).astype(np.float32)
+        if y.ext_factor:
+            ramp = f(1) - min(f(1), max(f(0), (f(i) - low) / max(f(0.001), high - low)))
+            mix = f(ramp * f(y.ext_factor))
+            th = (th * (f(1) - mix) + theta * mix).astype(np.float32)
+        cols.append(np.stack([np.cos(th) * mscale, np.sin(th) * mscale], axis=-1))
+        theta = (theta * ts).astype(np.float32)
+    return np.stack(cols, axis=1).astype(np.float32)
