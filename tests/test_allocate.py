@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from search._allocate import UnitTable, allocate, choice_of, levels_of, to_plan, total
-from search._milp import milp_choice
+from search import UnitTable, allocate, choice_of, levels_of, to_plan, total
+from search import milp_choice
 
 
 def table(bytes_, loss, groups=None) -> UnitTable:

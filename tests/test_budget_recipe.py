@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from conftest import FIXTURES
-from search._budget import BudgetError, check_reachable, parse_budget
-from search._recipe import FORMAT, RecipeError, build_recipe, load_recipe, recipe_from_gguf, save_recipe
-from search._sizes import PlanError
-from search._space import build_space
+from search import BudgetError, check_reachable, parse_budget
+from search import FORMAT, RecipeError, build_recipe, load_recipe, recipe_from_gguf, save_recipe
+from search import PlanError
+from search import build_space
 
 BASELINE = json.loads((FIXTURES / "baseline-sizes.json").read_text())
 
@@ -46,18 +47,41 @@ def test_out_of_reach_budget_names_the_range(smollm2):
 
 def test_recipe_of_the_release_file_is_exact(smollm2, tmp_path):
     r = recipe_from_gguf(smollm2)
-    assert r["format"] == FORMAT and r["target"] == "mainline"
-    assert r["bytes"] == BASELINE["files"]["orig-Q4_1"]["bytes"] == smollm2.nbytes
-    assert len(r["tensors"]) == 211 and r["tensors"]["token_embd.weight"] == "q8_0"
+    assert r.to_json()["format"] == FORMAT and r.target == "mainline"
+    assert r.bytes == BASELINE["files"]["orig-Q4_1"]["bytes"] == smollm2.nbytes
+    assert len(r.tensors) == 211 and r.tensors["token_embd.weight"] == "q8_0"
     back = load_recipe(save_recipe(r, tmp_path / "r.json"))
-    assert back["tensors"] == r["tensors"] and back["bytes"] == r["bytes"]
+    assert back == r
 
 
 def test_recipe_records_fallbacks(smollm2, mainline_mixes):
     plan = {n: "q4_K" for n in mainline_mixes["Q4_K_M"]}
     r = build_recipe(smollm2, plan, "mainline")
-    assert r["tensors"]["blk.0.attn_q.weight"] == "q5_0" and r["tensors"]["blk.0.ffn_down.weight"] == "q4_K"
-    assert r["requested"]["blk.0.attn_q.weight"] == "q4_K" and "blk.0.ffn_down.weight" not in r["requested"]
+    assert r.tensors["blk.0.attn_q.weight"] == "q5_0" and r.tensors["blk.0.ffn_down.weight"] == "q4_K"
+    assert r.requested["blk.0.attn_q.weight"] == "q4_K" and "blk.0.ffn_down.weight" not in r.requested
+
+
+def test_a_hand_written_recipe_is_resolved_as_llama_quantize_would(smollm2, tmp_path):
+    """token_embd at q4_K on 576-wide rows: written as q5_0 (the fallback), requested kept, bytes
+    and BPW from the catalog's row sizes (computed here from the block table: q5_0 is 22 bytes
+    per 32 weights, q4_0 18 per 32; f32 norms 4 bytes each)."""
+    import json
+
+    r = recipe_from_gguf(smollm2).to_json()
+    r["tensors"] = {n: "q4_0" for n in r["tensors"]}
+    r["tensors"]["token_embd.weight"] = "q4_K"
+    for k in ("bytes", "bpw", "requested", "fixed_bytes"):
+        r.pop(k)  # as a user might write it
+    (tmp_path / "hand.json").write_text(json.dumps(r))
+    got = load_recipe(tmp_path / "hand.json").resolved()
+    assert got.tensors["token_embd.weight"] == "q5_0"
+    assert got.requested == {"token_embd.weight": "q4_K"}
+    shapes = {t.name: t.shape for t in smollm2.tensors.values()}
+    n = lambda name: int(np.prod(shapes[name]))  # noqa: E731
+    quantized = sum(n(k) for k in r["tensors"])
+    want = (quantized - n("token_embd.weight")) // 32 * 18 + n("token_embd.weight") // 32 * 22 \
+        + 4 * sum(n(k) for k in shapes if k not in r["tensors"])
+    assert got.bytes == want and got.bpw == round(8 * want / smollm2.n_elements, 6)
 
 
 def test_bad_recipes(smollm2, tmp_path):

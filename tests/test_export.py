@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from quant import FallbackError, TargetError, UserError, get_type, recipe_types, resolve
-from search._export import (compact_rules, input_is_quantized, layer_regex, plan_export,
-                            range_alternatives, write_export)
+from search import (compact_rules, input_is_quantized, layer_regex, plan_export,
+                    range_alternatives, write_export)
 
 N_RECIPES = 500
 

@@ -1,22 +1,149 @@
-"""Measurements around the study: the calibration probes before it, the final pick after it."""
+"""The stages over files: measure once, then any number of budgets; a killed measurement
+resumes to the same manifest; a measurement of other settings is refused; the final pick."""
 
 from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
 
 import optuna
 import pytest
 
-from search import _run
-from search._options import SearchOptions
+import quant
+import search._pipeline._measure as stage
+from search import SearchOptions, prepare, run_search, select
+from search._pipeline._prepare import Plan
+
+TINY_ARGS = {"types": ("q4_0", "q4_1", "q5_0", "q8_0"), "ctx": 64, "chunks": 4,
+             "select_chunks": 6, "eval_chunks": 2, "imatrix_chunks": 4, "trials": 8}
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from _tiny_gguf import corpus_text, write_tiny
+
+    d = tmp_path_factory.mktemp("stages")
+    (d / "calib.txt").write_text(corpus_text(1500))
+    (d / "eval.txt").write_text(corpus_text(700)[::-1])
+    return {"dir": d, "model": str(write_tiny(d / "tiny.gguf", "llama")),
+            "calib": str(d / "calib.txt"), "eval": str(d / "eval.txt")}
+
+
+def _cli(tiny, *args) -> list[str]:
+    return [sys.executable, "-m", "search", "measure", tiny["model"], "-f", tiny["calib"],
+            "--eval-file", tiny["eval"], "--types", ",".join(TINY_ARGS["types"]), "--ctx", "64",
+            "--chunks", "4", "--select-chunks", "6", "--imatrix-chunks", "4", *args]
+
+
+@pytest.fixture(scope="module")
+def measured(tiny):
+    """``search measure`` run once to the end, in its own process."""
+    folder = tiny["dir"] / "measure-a"
+    p = subprocess.run(_cli(tiny, "--measure-dir", str(folder), "--json"), capture_output=True,
+                       text=True, timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return folder
+
+
+def _opts(tiny, folder: Path, studies: Path, budget: str) -> SearchOptions:
+    return SearchOptions(budget=budget, model=tiny["model"], calib=tiny["calib"],
+                         eval_file=tiny["eval"], measure_dir=str(folder),
+                         studies_dir=str(studies), study=f"s-{budget}", **TINY_ARGS)
+
+
+def _counting(monkeypatch) -> dict:
+    calls = {"quantize": 0, "probes": 0}
+    real_q, real_probe = quant.quantize, stage.evaluate_staged
+
+    def q(*a, **k):
+        calls["quantize"] += 1
+        return real_q(*a, **k)
+
+    def probe(*a, **k):
+        calls["probes"] += 1
+        return real_probe(*a, **k)
+
+    monkeypatch.setattr(quant, "quantize", q)
+    monkeypatch.setattr(stage, "evaluate_staged", probe)
+    return calls
+
+
+def test_one_measurement_serves_two_budgets_and_equals_one_shot_runs(tiny, measured, tmp_path,
+                                                                     monkeypatch):
+    calls = _counting(monkeypatch)
+    a = run_search(_opts(tiny, measured, tmp_path / "st", "6.2bpw"))[0]
+    b = run_search(_opts(tiny, measured, tmp_path / "st", "5.5bpw"))[0]
+    assert calls == {"quantize": 0, "probes": 0}  # no imatrix pass, quantization or probe
+    assert a["measurement"] == b["measurement"] == str(measured)
+    monkeypatch.undo()
+    fresh = run_search(_opts(tiny, tmp_path / "own-measure", tmp_path / "st2", "5.5bpw"))[0]
+    assert json.loads(Path(fresh["recipe"]).read_text())["tensors"] == \
+        json.loads(Path(b["recipe"]).read_text())["tensors"]
+    assert fresh["kld_mean"] == b["kld_mean"] and fresh["best_trial"] == b["best_trial"]
+    manifest = lambda f: json.loads((Path(f) / "manifest.json").read_text())  # noqa: E731
+    assert manifest(tmp_path / "own-measure") == manifest(measured)
+
+
+def test_a_killed_measurement_resumes_to_the_same_manifest(tiny, measured, tmp_path):
+    folder = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(tiny, "--measure-dir", str(folder), "--json"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    journal, end = folder / "quant-index.partial.jsonl", time.time() + 600
+    while time.time() < end and proc.poll() is None:
+        if journal.is_file() and len(journal.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the measurement ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(journal.read_text().splitlines())
+    assert 5 <= done_before < 60 and not (folder / "quant-index.json").exists()
+    p = subprocess.run(_cli(tiny, "--measure-dir", str(folder), "--json"), capture_output=True,
+                       text=True, timeout=1800)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert json.loads((folder / "manifest.json").read_text()) == \
+        json.loads((measured / "manifest.json").read_text())
+    assert not journal.exists()
+
+
+@pytest.mark.parametrize("change", ["corpus", "model"])
+def test_a_measurement_of_other_settings_is_refused(tiny, measured, tmp_path, change):
+    from _tiny_gguf import corpus_text, write_tiny
+
+    other = tmp_path / ("other.txt" if change == "corpus" else "other.gguf")
+    args = _cli(tiny, "--measure-dir", str(measured))
+    if change == "corpus":
+        other.write_text(corpus_text(1600))
+        args[args.index(tiny["calib"])] = str(other)
+    else:
+        write_tiny(other, "qwen2")
+        args[args.index(tiny["model"])] = str(other)
+    before = (measured / "manifest.json").read_text()
+    p = subprocess.run(args, capture_output=True, text=True, timeout=1200)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+    what = "calibration text" if change == "corpus" else "model"
+    assert f"was made with another {what}" in p.stderr
+    assert (measured / "manifest.json").read_text() == before
 
 
 class FakeSession:
     """Re-evaluation on more chunks: reverses the order of the first three trials."""
 
-    n_chunks = 16
+    n_chunks, batch = 16, 4
     more = {"a": 0.30, "b": 0.20, "c": 0.10, "d": 0.05, "e": 0.01, "f": 0.001}
 
-    def evaluate(self, plan):
-        return {"kld_mean": self.more[plan["t"]]}
+    def run(self, plan, chunks):
+        return [plan["t"]] * len(chunks)
+
+    def summarize(self, stats):
+        return {"kld_mean": self.more[stats[0]]}
 
 
 def study_with(values: dict[str, float]) -> optuna.Study:
@@ -27,59 +154,39 @@ def study_with(values: dict[str, float]) -> optuna.Study:
     return study
 
 
-def prepared(**kw):
-    return _run.Prepared(SearchOptions(budget="4bpw", chunks=4, **kw), None, None, None, 0, {})
+def _plan(**kw) -> Plan:
+    return Plan(SearchOptions(budget="4bpw", chunks=4, **kw), None, 0, {})
 
 
-def test_the_lowest_on_more_chunks_wins_among_the_top_five(monkeypatch):
-    monkeypatch.setattr(_run, "session", lambda *a, **k: FakeSession())
+def test_the_lowest_on_more_chunks_wins_among_the_top_five():
     # "f" is sixth on the trial chunks: not re-evaluated, though best on more chunks
     study = study_with({"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4, "e": 0.5, "f": 0.6})
-    best = _run.select(prepared(), study, None)
+    best = select(_plan(), study, FakeSession())
     assert best.user_attrs["plan_sha"] == "e"
     sel = study.user_attrs["selection"]
     assert sel["chunks"] == 16 and set(sel["trials"]) == {"0", "1", "2", "3", "4"}
     assert sel["trials"]["4"] == pytest.approx(0.01)
 
 
-def test_no_reevaluation_when_it_would_not_see_more_chunks(monkeypatch):
-    monkeypatch.setattr(_run, "session", lambda *a, **k: pytest.fail("re-evaluated"))
+def test_no_reevaluation_when_it_would_not_see_more_chunks():
+    class Never(FakeSession):
+        def run(self, plan, chunks):
+            raise AssertionError("re-evaluated")
+
     study = study_with({"a": 0.1, "b": 0.2})
-    assert _run.select(prepared(select_chunks=4), study, None).number == 0
+    assert select(_plan(select_chunks=4), study, Never()).number == 0
     assert "selection" not in study.user_attrs
 
 
-def test_calibration_probes_are_measured_once_then_cached(tmp_path):
-    """calibrate(): a base and one probe per role, scales in KLD per unit of prior damage."""
-    from types import SimpleNamespace
+def test_prepare_refuses_bad_input_before_any_work(tiny, tmp_path):
+    from quant import UserError
 
-    import numpy as np
-
-    from search import _calibrate
-    from search._allocate import UnitTable
-
-    names = (("blk.0.attn_v.weight",), ("blk.1.attn_v.weight",), ("blk.0.ffn_down.weight",))
-    table = UnitTable(np.array([0, 0, 1]), names, np.tile(np.array([[10, 20]], np.int64), (3, 1)),
-                      np.array([[2.0, 0.0], [2.0, 0.0], [4.0, 0.0]]), (("a", "b"), ("a", "b")))
-    space = SimpleNamespace(groups=(SimpleNamespace(name="attn_v@0-1"),
-                                    SimpleNamespace(name="ffn_down@0")), fixed_bytes=0)
-    p = SimpleNamespace(opts=SearchOptions(budget="1bpw", studies_dir=str(tmp_path)),
-                        spec={"k": 1}, space=space, table=table, budget=50)
-
-    class Calib:
-        n_chunks, calls = 4, 0
-
-        def evaluate(self, plan):  # attn_v at "a": 0.2 each, ffn_down at "a": 0.04
-            Calib.calls += 1
-            v = sum(0.2 for n, t in plan.items() if t == "a" and "attn_v" in n)
-            v += sum(0.04 for n, t in plan.items() if t == "a" and "ffn_down" in n)
-            return {"kld_mean": 0.01 + v}
-
-    _calibrate.calibrate(p, Calib())
-    assert Calib.calls == 3  # base + 2 roles
-    assert p.scales == pytest.approx({"attn_v": 0.4 / 4.0, "ffn_down": 0.04 / 4.0})
-    assert p.base_kld == pytest.approx(0.01)
-    np.testing.assert_allclose(p.table.loss[:, 0], [0.2, 0.2, 0.04])
-    p.table = table
-    _calibrate.calibrate(p, Calib())
-    assert Calib.calls == 3
+    base = _opts(tiny, tmp_path / "m", tmp_path / "st", "6.2bpw")
+    for change, msg in [({"ties": ("attn_q,nope",)}, "no quantizable tensor has role 'nope'"),
+                        ({"ties": ("attn_q",)}, "is not ROLE,ROLE"),
+                        ({"pins": ("nomatch=q4_0",)}, "matches no quantizable tensor"),
+                        ({"budget": "6.2bpw,1bpw"}, "below the smallest"),
+                        ({"imatrix": "x.dat", "no_imatrix": True}, "exclude each other")]:
+        with pytest.raises(UserError, match=msg):
+            prepare(replace(base, **change))
+    assert not (tmp_path / "m").exists() and not (tmp_path / "st").exists()

@@ -7,9 +7,9 @@ import pytest
 
 from conftest import write_tiny_gguf
 from objectives import open_gguf
-from search._allocate import allocate, to_plan, total, unit_table
-from search._sizes import plan_bytes, resolve_plan
-from search._space import SpaceError, build_space
+from search import allocate, to_plan, total, unit_table
+from search import plan_bytes, resolve_plan
+from search import SpaceError, build_space
 
 TYPES = ["q4_0", "q4_1", "q5_0", "q8_0", "q4_K", "q6_K", "mxfp4"]
 
@@ -93,3 +93,28 @@ def test_60_layer_moe_parameter_count_and_ties(tmp_path):
     plan = to_plan(table, c)
     for i in range(60):
         assert plan[f"blk.{i}.ffn_gate_exps.weight"] == plan[f"blk.{i}.ffn_up_exps.weight"]
+
+
+def test_mainline_does_not_tie_up_and_gate_experts(tmp_path):
+    space = build_space(_moe_60(tmp_path), "mainline", ["q4_0", "q8_0"])
+    assert not [g for g in space.groups if "+" in g.name]
+    assert [g for g in space.groups if g.name.startswith("ffn_up_exps@")]
+
+
+def test_bands_start_at_the_first_expert_layer(tmp_path):
+    """3 dense layers, then 7 MoE layers, bands of 2 layers: the expert bands are 3-4, 5-6, 7-8
+    and 9 (from the boundary), the dense ffn bands 0-1 and 2."""
+    z = lambda *s: np.zeros(s, np.float32)  # noqa: E731
+    tensors = {"token_embd.weight": z(64, 256), "output.weight": z(64, 256)}
+    for i in range(10):
+        p = f"blk.{i}."
+        tensors |= {p + "attn_q.weight": z(256, 256)}
+        if i < 3:
+            tensors |= {p + "ffn_down.weight": z(256, 32)}
+        else:
+            tensors |= {p + "ffn_down_exps.weight": z(4, 256, 32)}
+    model = open_gguf(write_tiny_gguf(tmp_path / "d.gguf", tensors, block_count=10))
+    names = [g.name for g in build_space(model, "ik", ["q4_0", "q8_0"], max_params=17).groups]
+    assert [n for n in names if n.startswith("ffn_down_exps")] == [
+        "ffn_down_exps@3-4", "ffn_down_exps@5-6", "ffn_down_exps@7-8", "ffn_down_exps@9"]
+    assert [n for n in names if n.startswith("ffn_down@")] == ["ffn_down@0-1", "ffn_down@2"]

@@ -7,9 +7,9 @@ import itertools
 import numpy as np
 import pytest
 
-from search import _surrogate as S
-from search._allocate import UnitTable, total
-from search._milp import milp_choice
+import search as S
+from search import UnitTable, total
+from search import milp_choice
 
 
 def table(n_units=6, n_groups=3, seed=0) -> UnitTable:

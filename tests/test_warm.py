@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from search._allocate import UnitTable, total
-from search._warm import cossim, milp, project, uniform
+from search import UnitTable, total
+from search import cossim, milp, project, uniform
 
 
 def layered_table(n_layers=4, roles=("attn_q", "ffn_down")) -> UnitTable:
@@ -50,3 +50,20 @@ def test_project_maps_foreign_types_by_bytes():
     plan = {"blk.0.attn_q.weight": "b", "blk.0.ffn_down.weight": "zz"}
     assert list(project(t, plan, np.array([15, 17]))) == [1, 1]
     assert list(project(t, plan, np.array([15, 5]))) == [1, 0]
+
+
+def test_experts_low_puts_the_rest_high_and_the_routed_experts_at_what_fits():
+    """4 layers x (attn_q, ffn_down_exps), sizes 10/15/20 per unit. Budget 125: attention at
+    "c" (4 x 20 = 80) leaves 45 for the experts: "a" (40) fits, "b" (60) does not; then the fill
+    (floor 99.5 % = 125) moves one expert unit up a level: 80 + 40 + 5 = 125."""
+    from search import experts_low
+
+    t = layered_table(roles=("attn_q", "ffn_down_exps"))
+    routed = np.array(["_exps" in n[0] for n in t.tensors])
+    c = experts_low(t, 125, 0, routed)
+    assert list(c[~routed]) == [2, 2, 2, 2]
+    assert sorted(c[routed]) == [0, 0, 0, 1] and total(t, c) == 125
+    assert experts_low(t, 125, 0, np.zeros(len(routed), bool)) is None  # a dense model
+    # too small for attention at "c": attention drops a level before the experts go below "a"
+    c = experts_low(t, 100, 0, routed)
+    assert list(c[~routed]) == [1, 1, 1, 1] and list(c[routed]) == [0, 0, 0, 0]

@@ -5,20 +5,21 @@
     cossim      layer-similarity heuristic: whole layers upgraded in importance order (as the
                 "COSSIM" recipes of ik_llama.cpp users), from the uniform type below the budget
     milp        exact optimum of the additive model over a loss table (measured sensitivities)
+    experts_low MoE recipes as ubergarm and others write them by hand: attention, shared experts
+                and dense layers as high as the budget allows, routed experts at the highest
+                uniform level that fits what is left
 
 Each is a unit choice within the budget; pure numpy over the unit table.
 """
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
+
+from objectives import layer_of
 
 from ._allocate import UnitTable, repair, total
 from ._milp import milp_choice
-
-_LAYER = re.compile(r"^blk\.(\d+)\.")
 
 
 def project(table: UnitTable, plan: dict[str, str], unit_bytes: np.ndarray) -> np.ndarray:
@@ -82,8 +83,24 @@ def cossim(table: UnitTable, budget: int, fixed: int,
 
 
 def _unit_layer(names: tuple[str, ...]) -> int:
-    m = _LAYER.match(names[0])
-    return int(m.group(1)) if m else -1
+    layer = layer_of(names[0])
+    return -1 if layer is None else layer
+
+
+def experts_low(table: UnitTable, budget: int, fixed: int, routed: np.ndarray
+                ) -> np.ndarray | None:
+    """``routed`` [U] bool: routed-expert units. The others at the highest uniform level for
+    which the routed experts still fit at some level, the routed experts at the highest that
+    fits; then filled up to the budget."""
+    if not routed.any() or routed.all():
+        return None
+    n_opt = np.array([len(table.options[g]) for g in table.group])
+    for k_other in range(int(n_opt.max()) - 1, -1, -1):
+        for k_exp in range(int(n_opt.max()) - 1, -1, -1):
+            c = np.where(routed, np.minimum(k_exp, n_opt - 1), np.minimum(k_other, n_opt - 1))
+            if fixed + total(table, c) <= budget:
+                return repair(table, c, budget, fixed, improve=False)
+    return None
 
 
 def milp(table: UnitTable, budget: int, fixed: int) -> np.ndarray | None:

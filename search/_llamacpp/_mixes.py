@@ -15,46 +15,15 @@ order) since the attn_v / ffn_* counters feed ``use_more_bits``. The fallback of
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Callable
 
-from objectives import GGUFModel, TensorInfo
-from quant import UserError, check_target, get_type, resolve
+from objectives import GGUFModel, TensorInfo, layer_of
+from quant import get_type, resolve
 
-_ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
-_COMMON = ("Q4_0 Q4_1 Q5_0 Q5_1 IQ2_XXS IQ2_XS IQ2_S IQ2_M IQ1_S IQ1_M Q2_K Q2_K_S IQ3_XXS IQ3_S "
-           "IQ3_M Q3_K IQ3_XS Q3_K_S Q3_K_M Q3_K_L IQ4_NL IQ4_XS Q4_K Q4_K_S Q4_K_M Q5_K Q5_K_S "
-           "Q5_K_M Q6_K Q8_0 F16 BF16 F32").split()
-FTYPES: dict[str, list[str]] = {
-    "mainline": _COMMON + "Q1_0 Q2_0 MXFP4_MOE TQ1_0 TQ2_0".split(),
-    "ik": _COMMON + ("Q6_0 MXFP4 IQ1_BN IQ2_BN IQ3_KT IQ4_KT Q8_KV IQ4_KS IQ4_KSS IQ5_KS IQ2_K "
-                     "IQ2_KS IQ1_KT IQ2_KT IQ2_KL IQ3_KS IQ3_K IQ3_KL IQ4_K IQ5_K IQ6_K").split(),
-}
-_BASE = {"Q2_K_S": "q2_K", "IQ3_XS": "iq3_s", "Q3_K_S": "q3_K", "Q3_K_M": "q3_K",
-         "Q3_K_L": "q3_K", "Q4_K_S": "q4_K", "Q4_K_M": "q4_K", "Q5_K_S": "q5_K",
-         "Q5_K_M": "q5_K", "IQ2_S": "iq2_xs", "IQ2_M": "iq2_s", "IQ3_M": "iq3_s",
-         "MXFP4_MOE": "mxfp4", "IQ3_KL": "iq3_k"}
-_LAYER = re.compile(r"^blk\.(\d+)\.")
-
-
-class MixError(UserError):
-    """An FTYPE the chosen llama-quantize does not accept."""
-
-
-def canonical_ftype(ftype: str, target: str) -> str:
-    f = str(ftype).upper()
-    if f not in FTYPES[check_target(target)]:
-        raise MixError(f"llama-quantize ({target}) has no mix '{ftype}': use one of "
-                       f"{', '.join(FTYPES[target])}")
-    return _ALIASES.get(f, f)
-
-
-def base_type(ftype: str, target: str) -> str:
-    f = canonical_ftype(ftype, target)
-    return _BASE.get(f) or get_type(f).name
-
+from ._ftypes import FTYPES, IK_FTYPES_NEED_IMATRIX, MixError, base_type, canonical_ftype
+from ._ftypes import needs_imatrix
 
 # ---------------------------------------------------------------- per-file state
 
@@ -395,21 +364,13 @@ def _ik_type(c: _Mix, t: TensorInfo) -> str:
 
 # ---------------------------------------------------------------- driver
 
-# types llama-quantize will not write without an imatrix (embeddings and output exempt)
-_NEEDS_IMATRIX = {"mainline": frozenset("iq3_xxs iq2_xxs iq2_xs iq2_s iq1_m iq1_s".split()),
-                  "ik": frozenset("iq2_xxs iq2_xs iq2_s iq1_s iq1_m iq1_kt iq2_kt".split())}
-_EXEMPT = {"mainline": ("token_embd.weight", "per_layer_token_embd.weight", "output.weight"),
-           "ik": ("token_embd.weight", "output.weight")}
-_IK_FTYPES_NEED_IMATRIX = frozenset("IQ2_XS IQ2_XXS IQ2_S Q2_K_S IQ1_S IQ1_M".split())
-
-
 def _check_imatrix(c: _Mix, written: dict[str, str], target: str) -> None:
     """Raise where a real run without ``--imatrix`` stops (mainline ``--dry-run`` only warns)."""
     if c.imatrix:
         return
-    bad = next(((n, t) for n, t in written.items() if n not in _EXEMPT[target] and (
-        t in _NEEDS_IMATRIX[target] or (t == "q2_K" and c.ftype == "Q2_K_S"))), None)
-    if bad or (target == "ik" and c.ftype in _IK_FTYPES_NEED_IMATRIX):
+    bad = next(((n, t) for n, t in written.items() if needs_imatrix(n, t, target, c.ftype)),
+               None)
+    if bad or (target == "ik" and c.ftype in IK_FTYPES_NEED_IMATRIX):
         what = f": {bad[0]} would be {bad[1]}" if bad else ""
         raise MixError(f"llama-quantize ({target}) refuses {c.ftype} without an imatrix{what}: "
                        "give an imatrix file")
@@ -430,11 +391,11 @@ def _index(c: _Mix, name: str, cat: str, raw: bool) -> None:
 
 
 def _layer_of(name: str) -> int:
-    m = _LAYER.match(name)
-    if m is None:
+    layer = layer_of(name)
+    if layer is None:
         raise MixError(f"cannot find the layer of MoE tensor '{name}' (expected 'blk.N.'): "
                        "llama-quantize would refuse this model too")
-    return int(m.group(1))
+    return layer
 
 
 # llama.cpp's model type, only where a mix rule reads it (LLM_TYPE_70B, LLM_TYPE_8B)
@@ -473,8 +434,8 @@ def _visit_order(tensors: list[TensorInfo], target: str) -> list[TensorInfo]:
         return tensors
 
     def key(t: TensorInfo) -> tuple[int, str]:
-        m = _LAYER.match(t.name)
-        return (int(m.group(1)) if m else -1, t.name)
+        layer = layer_of(t.name)
+        return (-1 if layer is None else layer, t.name)
 
     return sorted(tensors, key=key)
 

@@ -100,5 +100,6 @@ def reap_dead_workers(study: optuna.Study) -> int:
 
 
 def _retry_attrs(t: optuna.trial.FrozenTrial) -> dict:
-    keep = {k: v for k, v in t.user_attrs.items() if k.startswith("warm_")}
+    keep = {k: v for k, v in t.user_attrs.items()
+            if k.startswith("warm_") or k in ("plan", "proposal")}
     return {**keep, "retry_of": t.number}

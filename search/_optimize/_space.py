@@ -20,9 +20,10 @@ from quant import UserError, get_type, resolve, tensor_nbytes, type_in_target
 
 from objectives import GGUFModel, TensorInfo
 
-from ._sizes import fixed_bytes, tensor_options
+from .._llamacpp import fixed_bytes, tensor_options
 
-DEFAULT_TIES = (("ffn_gate_exps", "ffn_up_exps"),)
+# ik fuses a MoE layer's up and gate experts into one matmul, which needs one type for both
+DEFAULT_TIES = {"mainline": (), "ik": (("ffn_gate_exps", "ffn_up_exps"),)}
 MAX_PARAMS = 64
 
 
@@ -73,6 +74,27 @@ def parse_pins(pins: list[str], target: str) -> list[tuple[re.Pattern, str]]:
         except re.error as e:
             raise SpaceError(f"pin '{item}': bad regex ({e}): fix the pattern") from None
     return out
+
+
+def check_pins(tensors: list[TensorInfo], pins: list[tuple[re.Pattern, str]]) -> None:
+    """Every pin must match a quantizable tensor (a typo would silently pin nothing)."""
+    for rx, type_ in pins:
+        if not any(rx.search(t.name) for t in tensors):
+            raise SpaceError(f"pin '{rx.pattern}={type_}' matches no quantizable tensor: check "
+                             "the pattern against the names 'search inspect' lists")
+
+
+def check_ties(tensors: list[TensorInfo], ties: tuple[tuple[str, ...], ...]) -> None:
+    """Every role of a user tie must be a role of a quantizable tensor."""
+    roles = sorted({t.role for t in tensors})
+    for tie in ties:
+        if len(tie) < 2 or any(not r for r in tie):
+            raise SpaceError(f"tie '{','.join(tie)}' is not ROLE,ROLE[,...]: e.g. "
+                             "'ffn_gate,ffn_up'")
+        bad = [r for r in tie if r not in roles]
+        if bad:
+            raise SpaceError(f"tie '{','.join(tie)}': no quantizable tensor has role "
+                             f"'{bad[0]}'; roles of this model: {', '.join(roles)}")
 
 
 def _pinned(t: TensorInfo, pins, target: str) -> str | None:
@@ -127,11 +149,14 @@ def _make_group(name: str, members: list[TensorInfo], target: str, types, tied: 
 
 
 def build_space(model: GGUFModel, target: str, types: list[str] | None = None,
-                pins: list[str] = (), ties: tuple[tuple[str, ...], ...] = DEFAULT_TIES,
+                pins: list[str] = (), ties: tuple[tuple[str, ...], ...] | None = None,
                 max_params: int = MAX_PARAMS) -> Space:
-    """Groups of the quantizable tensors; pinned tensors become one-option groups."""
+    """Groups of the quantizable tensors; pinned tensors become one-option groups. ``ties``
+    (default: the target's ``DEFAULT_TIES``) join roles into one group per layer."""
+    ties = DEFAULT_TIES[target] if ties is None else ties
     types = [get_type(x).name for x in types] if types else None
     pin_rules = parse_pins(list(pins), target)
+    check_pins(model.quantizable(target), pin_rules)
     free, pinned = [], []
     for t in model.quantizable(target):
         p = _pinned(t, pin_rules, target)
@@ -152,8 +177,9 @@ def _layered_groups(tensors, n_layer, target, types, ties, max_params) -> list[G
     groups = []
     for role, ts in by_role.items():
         bands: dict[int, list[TensorInfo]] = {}
-        for t in ts:
-            bands.setdefault(-1 if t.layer is None else t.layer // b, []).append(t)
+        first = min((t.layer for t in ts if t.layer is not None), default=0)
+        for t in ts:  # bands start at the role's first layer (a MoE model's first expert layer)
+            bands.setdefault(-1 if t.layer is None else (t.layer - first) // b, []).append(t)
         for _, members in sorted(bands.items()):
             layers = sorted({t.layer for t in members if t.layer is not None})
             groups.append(_make_group(_group_name(role, layers), members, target, types,

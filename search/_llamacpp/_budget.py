@@ -48,6 +48,18 @@ def parse_budget(text: str) -> Budget:
     return Budget(value * _UNITS[unit], "bytes", text)
 
 
+def parse_budgets(text: str) -> list[Budget]:
+    """``3.5bpw,4.1bpw,4.5bpw``: one study per budget, in the order given, each once."""
+    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    if not items:
+        raise BudgetError("no budget: give --budget, e.g. 4.1bpw or 3.5bpw,4.5bpw")
+    out = []
+    for b in map(parse_budget, items):
+        if b not in out:
+            out.append(b)
+    return out
+
+
 def bpw(nbytes: int, n_elements: int) -> float:
     return 8.0 * nbytes / n_elements
 

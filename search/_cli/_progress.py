@@ -1,0 +1,46 @@
+"""Progress on stderr: one labelled tqdm bar per stage, fed by the pipeline's ``Ui`` calls."""
+
+from __future__ import annotations
+
+import sys
+
+from .._pipeline import Ui
+
+
+class StageBar:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled, self.bar, self.stage = enabled, None, None
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if stage != self.stage:
+            self.close()
+            self.bar = tqdm(total=total or None, desc=stage, leave=False, file=sys.stderr,
+                            dynamic_ncols=True)
+            self.stage = stage
+        if total and self.bar.total != total:
+            self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def status(self, stage: str, text: str) -> None:
+        if self.enabled and self.bar is not None and stage == self.stage:
+            self.bar.set_postfix_str(text)
+
+    def say(self, line: str) -> None:
+        if self.enabled:
+            if self.bar is not None:
+                self.bar.write(line, file=sys.stderr)
+            else:
+                print(line, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = self.stage = None
+
+    def ui(self) -> Ui:
+        return Ui(self.progress, self.status, self.say)

@@ -1,0 +1,173 @@
+"""Stage 3, after the trials: the final pick on more calibration chunks, the held-out
+comparison against every warm start and llama.cpp's nearest default mixes, the exports and
+the report.
+
+    select(plan, study, session)            -> FrozenTrial   best of the top 5 on --select-chunks
+    heldout_rows(spec, plan, study, best, session) -> [row]  one row per distinct recipe
+    finish(spec, plan, m, study, session)   -> report (dict, strict JSON, also report.json)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from .._json import plain, write_json
+from .._llamacpp import build_recipe, plan_bytes, plan_export, provenance, save_recipe
+from .._llamacpp import write_plan
+from .._optimize import OBJECTIVES
+from .._study import default_url, plan_sha
+from ._measure import Measurement, evaluate_staged
+from ._prepare import Plan, Spec
+from ._run import best_trial, distinct_plans, llama_mixes, trials_by_origin
+from ._ui import SILENT, Ui
+
+SELECT_TOP = 5
+FLOOR_MARGIN = 0.02  # a best within 2 % of the least-damage recipe's KLD is at the floor
+
+
+def select(plan: Plan, study: optuna.Study, session, ui: Ui = SILENT
+           ) -> optuna.trial.FrozenTrial:
+    """The final pick: the best ``SELECT_TOP`` distinct recipes re-evaluated on
+    ``--select-chunks`` calibration chunks (a trial sees only ``--chunks``; the best of many on
+    few chunks is partly luck), the lowest wins. Stored as the study's ``selection``."""
+    opts = plan.opts
+    if opts.pareto or opts.select_chunks <= opts.chunks:
+        return best_trial(study)
+    top, seen = [], set()
+    for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
+                    key=lambda t: t.value):
+        if t.user_attrs.get("plan_sha") not in seen and "recipe" in t.user_attrs:
+            seen.add(t.user_attrs.get("plan_sha"))
+            top.append(t)
+    top = top[:SELECT_TOP]
+    if len(top) < 2:
+        return best_trial(study)
+    key, n = OBJECTIVES[opts.objective], min(opts.select_chunks, session.n_chunks)
+    chunks, scored = list(range(n)), {}
+    for i, t in enumerate(top):
+        tick = lambda d, i=i: ui.progress("final pick", i * n + d, len(top) * n)  # noqa: E731
+        scored[t.number] = float(evaluate_staged(session, t.user_attrs["recipe"], chunks,
+                                                 tick)[key])
+    study.set_user_attr("selection", {"chunks": n, "objective": key,
+                                      "trials": {str(k): v for k, v in scored.items()}})
+    return next(t for t in top if t.number == min(scored, key=scored.get))
+
+
+def _nearest_mixes(spec: Spec, plan: Plan) -> list[tuple[str, dict, int]]:
+    """llama.cpp's default mixes (plain and --pure) nearest the budget from below and from
+    above (within 10 %): (name, plan, bytes)."""
+    below, above = None, None
+    for ftype, mix in llama_mixes(spec):
+        nb = plan_bytes(spec.model, mix, spec.opts.target)
+        if nb <= plan.budget and (below is None or nb > below[2]):
+            below = (f"llama.cpp {ftype}", mix, nb)
+        if plan.budget < nb <= 1.1 * plan.budget and (above is None or nb < above[2]):
+            above = (f"llama.cpp {ftype}", mix, nb)
+    return [m for m in (below, above) if m is not None]
+
+
+def heldout_rows(spec: Spec, plan: Plan, study: optuna.Study, best, session,
+                 ui: Ui = SILENT) -> list[dict]:
+    """The best recipe, every warm start and llama.cpp's nearest default mixes, on the
+    held-out text; identical recipes once (names joined with '='); rows over the budget
+    marked."""
+    named = [(f"best (trial {best.number})", best.user_attrs["recipe"])]
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if "warm_start" in t.user_attrs and "recipe" in t.user_attrs:
+            named.append((f"warm: {t.user_attrs['warm_start']}", t.user_attrs["recipe"]))
+    named += [(name, mix) for name, mix, _ in _nearest_mixes(spec, plan)]
+    distinct: dict[str, list] = {}
+    for name, recipe in named:
+        distinct.setdefault(plan_sha(recipe), [[], recipe])[0].append(name)
+    rows, n = [], session.n_chunks
+    chunks = list(range(n))
+    for i, (names, recipe) in enumerate(distinct.values()):
+        nb = plan_bytes(spec.model, recipe, spec.opts.target)
+        tick = lambda d, i=i: ui.progress("held-out comparison", i * n + d, len(distinct) * n)  # noqa: E731,E501
+        rows.append({"name": " = ".join(names), "bytes": nb,
+                     "bpw": 8 * nb / spec.model.n_elements, "over_budget": nb > plan.budget,
+                     **plain(evaluate_staged(session, recipe, chunks, tick))})
+    return rows
+
+
+def at_floor(best_value: float, floor_kld: float) -> bool:
+    """Whether the best is within ``FLOOR_MARGIN`` of the least-damage recipe's KLD (every
+    tensor at its most accurate type): no recipe can do measurably better."""
+    return floor_kld > 0 and best_value <= (1 + FLOOR_MARGIN) * floor_kld
+
+
+def _write_imatrix(spec: Spec, m: Measurement, out: Path) -> Path | None:
+    """The imatrix the study used, in the target's format (ik reads only .dat), beside the
+    scripts so the study folder can be moved."""
+    if m.imatrix_path is None:
+        return None
+    import shutil
+
+    name = "imatrix.dat" if spec.opts.target == "ik" else "imatrix.gguf"
+    return Path(shutil.copyfile(m.folder / name, out / name))
+
+
+def finish(spec: Spec, plan: Plan, m: Measurement, study: optuna.Study, session, eval_session,
+           ui: Ui = SILENT) -> dict[str, Any]:
+    out = plan.opts.study_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    best = select(plan, study, session, ui)
+    rows = heldout_rows(spec, plan, study, best, eval_session, ui)
+    calib = {k: best.user_attrs[k] for k in OBJECTIVES.values() if k in best.user_attrs}
+    recipe = build_recipe(spec.model, best.user_attrs["recipe"], spec.opts.target,
+                          objectives={"heldout": rows[0], "calibration": calib},
+                          prov=provenance(spec.opts.calib, m.imatrix_path))
+    path = save_recipe(recipe, out / "recipe.json")
+    imat = _write_imatrix(spec, m, out)
+    export = plan_export(recipe.tensors, recipe.shapes, spec.opts.target, imat,
+                         recipe.input_quantized)
+    files = write_plan(export, out)
+    report = _report(spec, plan, m, study, best, path, rows, files, imat)
+    write_json(out / "report.json", report)
+    _note(study, report, export.notes)
+    return report
+
+
+def _report(spec: Spec, plan: Plan, m: Measurement, study, best, path: Path, rows, files,
+            imat) -> dict:
+    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    warm = [r for r in rows[1:] if "warm: " in r["name"]]
+    beats = "warm: " not in rows[0]["name"] and all(rows[0]["kld_mean"] < r["kld_mean"]
+                                                     for r in warm)
+    return plain({
+        "format": "gguf-recipe-report/1", "study": study.study_name,
+        "out_dir": str(plan.opts.study_dir()), "recipe": str(path),
+        "budget": plan.opts.budget, "budget_bytes": plan.budget,
+        "bytes": best.user_attrs["bytes"], "bpw": best.user_attrs["bpw"],
+        "kld_mean": rows[0]["kld_mean"], "heldout": rows[0], "best_trial": best.number,
+        "best_is_warm_start": best.user_attrs.get("warm_start"),
+        "at_floor": at_floor(best.values[-1], m.probes.base_kld),
+        "floor_kld": m.probes.base_kld,
+        "n_trials": len(finished), "distinct_plans": distinct_plans(study),
+        "comparison": rows, "beats_every_warm_start": beats,
+        "warm_starts": study.user_attrs.get("warm_enqueued", []),
+        "selection": study.user_attrs.get("selection"),
+        "role_scales": m.probes.role_scales, "trials_by_origin": trials_by_origin(study),
+        "measurement": str(m.folder), "exports": [str(f) for f in files],
+        "storage": plan.opts.storage or default_url(plan.opts.study_dir()),
+        "imatrix": str(imat) if imat else None, "target": spec.opts.target,
+        "model": str(spec.model.paths[0]),
+    })
+
+
+def _note(study: optuna.Study, s: dict, notes: list[str]) -> None:
+    """A study note (optuna-dashboard) with the export commands of the best recipe."""
+    from optuna_dashboard import save_note
+
+    script = [e for e in s["exports"] if e.endswith(".sh")]
+    body = [f"# Best recipe: trial {s['best_trial']}", "",
+            f"{s['bytes']} bytes, {s['bpw']:.4f} BPW, held-out KLD {s['kld_mean']:.6f}", "",
+            "Quantize with llama-quantize:", "", "```",
+            f"LLAMA_QUANTIZE=/path/to/llama-quantize {script[0] if script else '...'} "
+            f"{s['model']} OUT.gguf", "```", "", f"Recipe: `{s['recipe']}`"]
+    body += ["", "Notes:", *(f"- {n}" for n in notes[:20])] if notes else []
+    save_note(study, "\n".join(body))

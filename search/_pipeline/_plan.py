@@ -1,0 +1,245 @@
+"""``search plan`` and every run's header: what a study will cost on this machine before any
+work: disk, host memory, and the time of each stage, from rates measured in seconds on the
+model's real shapes (cached per machine under the studies folder).
+
+    rates(spec)              -> Rates       quantize/dequantize weights per second per type,
+                                            forward seconds per layer and head, compile costs
+    estimate(spec, rates)    -> Estimate    bytes, peak memory, seconds per stage
+    check_fits(estimate)                    a one-line error when disk or memory cannot hold it
+
+Stage times (N chunks of ctx tokens, B chunks a batch, L layers of layer_s each, head_s):
+    forward(N)       ceil(N/B) * (sum of layer_s over the layers + head_s)
+    imatrix pass     forward(imatrix chunks)
+    base statistics  forward(calibration chunks) + forward(held-out chunks)
+    quantization     sum over (tensor, written type) of weights / rate(type), plus its error
+                     and importance (a dequantization and a pass over the weights), plus one
+                     compile per (type, row length)
+    trial            dequantization of every quantizable weight + forward(--chunks)
+    probes           (roles + 1) trials; trials --trials x trial; final pick 5 x
+                     forward(--select-chunks); held-out comparison ~(warm starts + 3) x
+                     forward(--eval-chunks)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+import quant
+from quant import UserError
+
+from objectives import forward_costs, tool_version
+
+from .._json import write_json
+from .._llamacpp import tensor_options
+from ._prepare import Spec
+
+SAMPLE_WEIGHTS = 1 << 19  # weights per rate sample (one slice of the quantizers)
+BASE_MEMORY = 1 << 30  # Python, JAX and the model's metadata
+SELECT_TOP, MORE_ROWS = 5, 3  # final pick; held-out rows beyond the warm starts
+
+
+@dataclass(frozen=True)
+class Rates:
+    quantize: dict[str, float]  # type -> weights per second
+    dequantize: dict[str, float]
+    quant_compile_s: dict[str, float]  # type -> first-call overhead of a new (type, row length)
+    layer_s: dict[str, float]  # layer kind -> seconds per batch
+    kinds: tuple[str, ...]
+    head_s: float
+    forward_compile_s: float
+    batch: int
+    ctx: int
+
+
+@dataclass(frozen=True)
+class Estimate:
+    disk_bytes: int
+    host_bytes: int
+    stages: dict[str, float]  # seconds
+    trial_s: float
+
+    @property
+    def total_s(self) -> float:
+        return sum(self.stages.values())
+
+
+def _machine_key(spec: Spec) -> str:
+    import jax
+
+    return json.dumps([platform.node(), os.cpu_count(), jax.default_backend(), tool_version(),
+                       spec.settings.model, spec.opts.ctx, list(spec.types)])
+
+
+def _sample(spec: Spec, type_: str) -> np.ndarray | None:
+    """About SAMPLE_WEIGHTS real rows of the largest tensor that takes ``type_`` as it is."""
+    fits = [t for t in spec.model.quantizable(spec.opts.target)
+            if type_ in tensor_options(t, spec.opts.target, [type_])]
+    if not fits:
+        return None
+    t = max(fits, key=lambda t: t.n_elements)
+    rows = max(1, SAMPLE_WEIGHTS // t.shape[-1])
+    return np.ascontiguousarray(spec.model.f32(t.name).reshape(-1, t.shape[-1])[:2 * rows])
+
+
+def _type_rates(spec: Spec) -> tuple[dict, dict, dict]:
+    """Per written type: quantize and dequantize weights per second (second calls, other rows)
+    and the first call's extra time (compiling)."""
+    q_rate, d_rate, compile_s = {}, {}, {}
+    written = sorted({w for t in spec.model.quantizable(spec.opts.target)
+                      for w in tensor_options(t, spec.opts.target, list(spec.types))})
+    for ty in written:
+        x = _sample(spec, ty)
+        if x is None:
+            continue
+        a, b = x[:len(x) // 2 or 1], x[len(x) // 2:] if len(x) > 1 else x
+        t0 = time.perf_counter()
+        packed = quant.quantize(a, ty, None, spec.opts.target)
+        t1 = time.perf_counter()
+        quant.quantize(b, ty, None, spec.opts.target)
+        t2 = time.perf_counter()
+        quant.dequantize(packed, ty, a.shape, spec.opts.target)
+        t3 = time.perf_counter()
+        quant.dequantize(packed, ty, a.shape, spec.opts.target)
+        t4 = time.perf_counter()
+        q_rate[ty], d_rate[ty] = b.size / (t2 - t1), a.size / (t4 - t3)
+        compile_s[ty] = max(0.0, (t1 - t0) - (t2 - t1)) + max(0.0, (t3 - t2) - (t4 - t3))
+    return q_rate, d_rate, compile_s
+
+
+def rates(spec: Spec, batch: int = 4) -> Rates:
+    """Measured now, or read from the machine's cache (same host, backend, model and types)."""
+    path = Path(spec.opts.studies_dir) / ".cache" / "rates.json"
+    key = _machine_key(spec)
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    if key in known:
+        r = known[key]
+        return Rates(**{**r, "kinds": tuple(r["kinds"])})
+    q, d, c = _type_rates(spec)
+    f = forward_costs(spec.model, spec.opts.ctx, batch)
+    r = Rates(q, d, c, f.layer_s, f.kinds, f.head_s, f.compile_s, batch, spec.opts.ctx)
+    write_json(path, {**known, key: asdict(r)})
+    return r
+
+
+def _forward(r: Rates, n_chunks: int) -> float:
+    per_batch = sum(r.layer_s[k] for k in r.kinds) + r.head_s
+    return math.ceil(n_chunks / r.batch) * per_batch
+
+
+def _entries(spec: Spec) -> list[tuple[int, str, int]]:
+    """(weights, written type, row length) of every (tensor, type) the measurement quantizes."""
+    out = []
+    for t in spec.model.quantizable(spec.opts.target):
+        for w in tensor_options(t, spec.opts.target, list(spec.types)):
+            out.append((t.n_elements, w, t.shape[-1]))
+    return out
+
+
+def estimate(spec: Spec, r: Rates) -> Estimate:
+    o, m = spec.opts, spec.model
+    entries = _entries(spec)
+    slow = min(r.quantize.values()) if r.quantize else 1e6
+    q_time = sum(n / r.quantize.get(w, slow) + n / r.dequantize.get(w, slow) * 2
+                 for n, w, _ in entries)
+    q_time += sum(r.quant_compile_s.get(w, 0.0) for w, _ in {(w, ne0) for _, w, ne0 in entries})
+    n_q = sum(t.n_elements for t in m.quantizable(o.target))
+    dequant = n_q / (sorted(r.dequantize.values())[len(r.dequantize) // 2]
+                     if r.dequantize else 1e8)
+    trial = dequant + _forward(r, o.chunks)
+    roles = len({t.role for t in m.quantizable(o.target)})
+    n_trials = o.trials or 60
+    stages = {"imatrix pass": _forward(r, o.imatrix_chunks) + r.forward_compile_s,
+              "base statistics": _forward(r, spec.calib_chunks) + _forward(r, o.eval_chunks),
+              "quantization cache": q_time, "calibration probes": (roles + 1) * trial}
+    for p in spec.plans:
+        name = p.opts.budget
+        stages[f"trials ({name})"] = n_trials * trial
+        if o.select_chunks > o.chunks:
+            stages[f"final pick ({name})"] = SELECT_TOP * (dequant + _forward(r, o.select_chunks))
+        stages[f"held-out comparison ({name})"] = (6 + MORE_ROWS) * (dequant + _forward(
+            r, o.eval_chunks))
+    d = m.hparams().n_embd
+    scored = ctx_scored(o.ctx)
+    logits = 3 * r.batch * scored * m.hparams().n_vocab * 4
+    hidden = spec.calib_chunks * o.ctx * d * 4 + (spec.calib_chunks + o.eval_chunks) * scored * d * 4
+    biggest = max(t.n_elements for t in m.quantizable(o.target))
+    memo = 4 * m.n_elements if 4 * m.n_elements < (4 << 30) else 0
+    host = BASE_MEMORY + max(logits + hidden + memo + _layer_bytes(spec), 16 * biggest)
+    disk = sum(quant.tensor_nbytes(w, (n // ne0, ne0)) for n, w, ne0 in entries) + hidden
+    return Estimate(int(disk), int(host), stages, trial)
+
+
+def ctx_scored(ctx: int) -> int:
+    return ctx - 1 - ctx // 2
+
+
+def _layer_bytes(spec: Spec) -> int:
+    """Float32 bytes of the largest layer's weights (one layer is resident at a time)."""
+    per: dict[int, int] = {}
+    for t in spec.model.tensors.values():
+        if t.layer is not None:
+            per[t.layer] = per.get(t.layer, 0) + 4 * t.n_elements
+    return max(per.values(), default=0)
+
+
+def check_fits(spec: Spec, e: Estimate) -> None:
+    """Refuse a study whose disk or memory cannot fit, before it starts."""
+    folder = spec.measure_dir
+    probe = next((p for p in [folder, *folder.parents] if p.exists()), Path("."))
+    free = shutil.disk_usage(probe).free
+    done = _done_bytes(folder)
+    if e.disk_bytes - done > free:
+        raise UserError(f"the measurement needs {human_bytes(e.disk_bytes - done)} of disk under "
+                        f"{probe}, {human_bytes(free)} are free: free space or give "
+                        "--measure-dir on a larger disk")
+    avail = _available_memory()
+    if avail is not None and e.host_bytes > avail:
+        raise UserError(f"the study needs about {human_bytes(e.host_bytes)} of memory, "
+                        f"{human_bytes(avail)} are available: use fewer --chunks / "
+                        "--select-chunks / --eval-chunks, a smaller --ctx, or a larger machine")
+
+
+def _done_bytes(folder: Path) -> int:
+    q = folder / "quant"
+    return sum(f.stat().st_size for f in q.rglob("*.npy")) if q.is_dir() else 0
+
+
+def _available_memory() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def human_bytes(n: float) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def human_seconds(s: float) -> str:
+    if s >= 3600:
+        return f"{s / 3600:.1f} h"
+    return f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
+
+
+def summary_lines(spec: Spec, e: Estimate) -> list[str]:
+    lines = [f"estimate {human_seconds(e.total_s)} in all ({human_seconds(e.trial_s)} a trial), "
+             f"{human_bytes(e.host_bytes)} of memory at most, {human_bytes(e.disk_bytes)} of "
+             f"disk (measurement)"]
+    lines += [f"           {k:32} {human_seconds(v)}" for k, v in e.stages.items()]
+    return lines
+
