@@ -21,6 +21,15 @@ import time
 
 
 def _peak_mib() -> float:
+    """Peak RSS of this process image (VmHWM: ru_maxrss would carry the parent's peak, which
+    Linux keeps across fork and exec)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import optuna
 import pytest
@@ -57,3 +60,51 @@ def test_the_study_pruner_compares_the_chunks_both_saw(factor, pruned):
     cand = _report(study, (BEST * factor)[:MARGIN_ALPHA_MIN[2]])
     assert cand.should_prune() is pruned
     assert study.trials[0].state == TrialState.COMPLETE
+
+
+# ------------------------------------------------- replay on a recorded study (real KLDs)
+
+RECORDED = Path(__file__).parent / "fixtures" / "prune" / "smollm2-4.1bpw-noprune.json"
+STAGE = 2  # chunks per stage, as the study evaluates them
+
+
+def _recorded() -> dict:
+    if not RECORDED.is_file():
+        pytest.skip(f"fixture {RECORDED.name} is missing (tests/fixtures/prune/record.py)")
+    return json.loads(RECORDED.read_text())
+
+
+def _stopped_at(candidate: np.ndarray, best: np.ndarray) -> int | None:
+    """Chunks seen when the rule stops ``candidate`` against ``best`` (None: never)."""
+    for n in range(STAGE, len(candidate), STAGE):  # no decision after the last stage
+        if clearly_worse(candidate[:n], best[:n]):
+            return n
+    return None
+
+
+def test_replayed_rule_never_stops_a_trial_that_ended_better_than_the_best():
+    """Each trial of a study evaluated to the end, in order, against the best trial before it
+    (warm starts are never stopped, as in the study)."""
+    trials = _recorded()["trials"]
+    assert len(trials) >= 20
+    stops = 0
+    for i, t in enumerate(trials):
+        if i == 0 or t["warm_start"]:
+            continue
+        best = min(trials[:i], key=lambda u: np.mean(u["chunks"]))
+        c, b = np.array(t["chunks"]), np.array(best["chunks"])
+        if _stopped_at(c, b) is not None:
+            stops += 1
+            assert c.mean() >= b.mean(), f"trial {t['number']} stopped, ended better"
+    assert stops >= 1  # the rule saves work on real trials
+
+
+def test_replayed_rule_on_every_ordered_pair_of_recorded_trials():
+    trials = [np.array(t["chunks"]) for t in _recorded()["trials"]]
+    stops = wrong = 0
+    for a in trials:
+        for b in trials:
+            if a is not b and _stopped_at(a, b) is not None:
+                stops += 1
+                wrong += a.mean() < b.mean()
+    assert wrong == 0 and stops >= len(trials)

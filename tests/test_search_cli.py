@@ -42,10 +42,10 @@ def run_search(tmp_path, *args):
     (("--budget", "5bpw", "--jobs", "2"), "SQLite cannot serve safely"),
     (("--budget", "5"), "malformed budget"),
     (("--budget", "5bpw", "-f", "/nonexistent/calib.txt"), "no such corpus file"),
-    (("--budget", "5bpw", "/nonexistent/model.gguf"), "No such file"),
+    (("--budget", "5bpw", "/nonexistent/model.gguf"), "model.gguf: no such file"),
 ])
-def test_bad_input(tmp_path, args, msg, capsys):
-    assert msg in run_search(tmp_path, *args, capsys=capsys)
+def test_bad_input(tmp_path, args, msg):
+    assert msg in run_search(tmp_path, *args)
 
 
 def test_bad_input_exits_the_process_with_status_2(tmp_path):
@@ -53,11 +53,10 @@ def test_bad_input_exits_the_process_with_status_2(tmp_path):
         tmp_path, "--budget", "5bpw", "--pin", "nomatch=q4_0")
 
 
-def test_corpus_too_short(tmp_path, capsys):
+def test_corpus_too_short(tmp_path):
     short = tmp_path / "short.txt"
     short.write_text("Too short for a chunk of 512 tokens.")
-    assert "needs at least" in run_search(tmp_path, "--budget", "5bpw", "-f", str(short),
-                                          capsys=capsys)
+    assert "needs at least" in run_search(tmp_path, "--budget", "5bpw", "-f", str(short))
 
 
 def test_help_shows_every_default_and_the_valid_values():
@@ -137,12 +136,16 @@ def tiny_study(tiny, tmp_path_factory):
 
 def test_a_whole_search_with_two_workers_writes_strict_json(tiny, tiny_study):
     """Every JSON file it writes and its --json output parse strictly (no NaN/Infinity); every
-    finished trial is a distinct recipe; the scripts need nothing outside their folder."""
+    evaluated trial is a distinct recipe, and a trial that found only evaluated recipes took
+    no evaluation; the scripts need nothing outside their folder."""
     s, st = _strict(tiny_study["stdout"]), tiny_study["studies"]
     study = optuna.load_study(study_name="t", storage=open_storage(tiny_study["storage"]))
     done = [t for t in study.trials if t.state.is_finished()]
     assert len({t.user_attrs["worker"]["pid"] for t in done}) == 2
-    assert len({t.user_attrs["plan_sha"] for t in done}) == len(done) == s["distinct_plans"]
+    ran = [t for t in done if "duplicate_of" not in t.user_attrs]
+    assert len({t.user_attrs["plan_sha"] for t in ran}) == len(ran) == s["distinct_plans"]
+    assert s["n_trials"] == len(ran) and s["duplicates"] == len(done) - len(ran)
+    assert all(not t.intermediate_values for t in done if "duplicate_of" in t.user_attrs)
     assert 0.995 * 6.2 <= s["bpw"] <= 6.2
     assert set(s["trials_by_origin"]) >= {"warm start", "surrogate"}
     assert s["selection"]["chunks"] == 6 and str(s["best_trial"]) in s["selection"]["trials"]
@@ -274,7 +277,7 @@ def test_verify_refuses_bad_input_in_one_line_and_leaves_the_study(tiny_study, t
     bins = {"missing": tmp_path / "nothing",
             "other project": _fake_tool(tmp_path / "ik", "-fmoe, --fused-moe", "exit 0"),
             "killed": _fake_tool(tmp_path / "ml", "usage: llama-perplexity", "kill -9 $$"),
-            "other base": _fake_tool(tmp_path / "ml", "usage", "exit 0")}[case]
+            "other base": _fake_tool(tmp_path / "ml-ok", "usage", "exit 0")}[case]
     p = subprocess.run([sys.executable, "-m", "search", "verify", "t", "--studies-dir", str(st),
                         "--llama-bin", str(bins), "--chunks", "4"], capture_output=True,
                        text=True, timeout=1200)

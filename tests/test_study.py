@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 
 from _study_worker import BUDGET, DAMAGE, TYPES, SyntheticEvaluator, make_objective, synthetic_kld
 from search import (PairedPruner, Proposer, StorageError, build_space, choice_of, milp,
-                    open_storage, plan_sha, to_plan, unit_table)
+                    open_storage, plan_sha, repair, to_plan, unit_table)
 
 WORKER = Path(__file__).parent / "_study_worker.py"
 
@@ -262,7 +262,11 @@ def test_proposals_beat_the_prior_optimum_when_the_prior_is_miscalibrated(smollm
     assert len(proposed) >= 8
     assert all(t.user_attrs["recipe"] == t.user_attrs["plan"] for t in proposed
                if "moved_from" not in t.user_attrs)
-    assert proposed[0].user_attrs["proposal"] == "prior, greedy from trial 0"
+    # the warm start is the prior's optimum, so its polish under the prior is itself (already
+    # evaluated, skipped): the first proposal is the polish under the fitted surrogate
+    assert repair(table, choice_of(table, start), BUDGET, space.fixed_bytes).tolist() == \
+        choice_of(table, start).tolist()
+    assert proposed[0].user_attrs["proposal"] == "surrogate, greedy from trial 0"
     greedy = [t.user_attrs["proposal"] for t in proposed if "greedy" in t.user_attrs["proposal"]]
     assert len(set(greedy)) == len(greedy)  # each polish once per best trial
     assert all(0.995 * BUDGET <= t.user_attrs["bytes"] <= BUDGET for t in study.trials)

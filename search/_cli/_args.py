@@ -11,8 +11,21 @@ from quant import UserError
 from .._pipeline import option_fields
 
 
+class _Formatter(argparse.HelpFormatter):
+    """Wraps help at spaces only, so names like MODEL-TARGET-BUDGET stay whole."""
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        import textwrap
+
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
 class Parser(argparse.ArgumentParser):
     """argparse with its errors as one-line UserErrors (printed by ``main``)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         raise UserError(f"{message} (see {self.prog} --help)")

@@ -4,6 +4,8 @@ layer similarity, base statistics), the stage every budget's study reads."""
 from __future__ import annotations
 
 from .._pipeline import measure, merge, prepare
+from .._pipeline._measure import check_measurement
+from .._pipeline._plan import rates
 from .._pipeline._prepare import header
 from ._args import Parser, add_options, json_arg
 from ._output import emit
@@ -22,11 +24,13 @@ def main(argv: list[str]) -> int:
     a = vars(p.parse_args(argv))
     opts = merge(a, need_budget=False)
     spec = prepare(opts)
+    check_measurement(spec)
     bar = StageBar(not opts.json)
     try:
         for line in header(spec):
             bar.say(line)
         m = measure(spec, bar.ui())
+        rates(spec)  # this machine's rates, for the estimate of every later budget
     finally:
         bar.close()
     res = {"folder": str(m.folder), "settings": m.settings,

@@ -74,8 +74,10 @@ def format_summary(s: dict) -> str:
     h = s["heldout"]
     o = s["trials_by_origin"]
     pruned = sum(v["pruned"] for v in o.values())
-    lines = [f"study {s['study']}: best trial {s['best_trial']} of {s['n_trials']} finished "
-             f"({s['distinct_plans']} distinct recipes, {pruned} stopped early)",
+    dup = (f", {s['duplicates']} found only evaluated recipes" if s.get("duplicates") else "")
+    dup += "; no new recipe was left near the trials" if s.get("space_exhausted") else ""
+    lines = [f"study {s['study']}: best trial {s['best_trial']} of {s['n_trials']} evaluated "
+             f"({s['distinct_plans']} distinct recipes, {pruned} stopped early{dup})",
              f"recipe {s['recipe']}: {s['bytes']:,} bytes = {s['bytes'] / 2**20:.2f} MiB = "
              f"{s['bpw']:.4f} BPW (budget {s['budget']} = {s['budget_bytes']:,} bytes)",
              f"held-out text: {h['n_tokens']:,} scored tokens, base PPL {h['ppl_base']:.4f} ± "
@@ -83,6 +85,7 @@ def format_summary(s: dict) -> str:
     lines += table(s["comparison"])
     if any(r["over_budget"] for r in s["comparison"]):
         lines.append("  * over the budget: for comparison only")
+    lines += [f"  {n}" for n in s.get("not_compared", [])]
     lines += ["", *_verdict(s)]
     script = next((e for e in s["exports"] if e.endswith(".sh")), None)
     if s.get("written"):

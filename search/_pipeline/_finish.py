@@ -3,7 +3,7 @@ comparison against every warm start and llama.cpp's nearest default mixes, the e
 the report.
 
     select(plan, study, session)            -> FrozenTrial   best of the top 5 on --select-chunks
-    heldout_rows(spec, plan, study, best, session) -> [row]  one row per distinct recipe
+    heldout_rows(spec, plan, m, study, best, session) -> ([row], notes)  one row per recipe
     finish(spec, plan, m, study, session)   -> report (dict, strict JSON, also report.json)
 """
 
@@ -22,7 +22,7 @@ from .._optimize import OBJECTIVES
 from .._study import default_url, plan_sha
 from ._measure import Measurement, evaluate_staged
 from ._prepare import Plan, Spec
-from ._run import best_trial, distinct_plans, llama_mixes, trials_by_origin
+from ._run import best_trial, distinct_plans, evaluated, llama_mixes, trials_by_origin
 from ._ui import SILENT, Ui
 
 SELECT_TOP = 5
@@ -57,29 +57,48 @@ def select(plan: Plan, study: optuna.Study, session, ui: Ui = SILENT
     return next(t for t in top if t.number == min(scored, key=scored.get))
 
 
-def _nearest_mixes(spec: Spec, plan: Plan) -> list[tuple[str, dict, int]]:
+def _nearest_mixes(spec: Spec, plan: Plan, m: Measurement) -> tuple[list, list[str]]:
     """llama.cpp's default mixes (plain and --pure) nearest the budget from below and from
-    above (within 10 %): (name, plan, bytes)."""
-    below, above = None, None
+    above (within 10 %), among those the measurement holds every (tensor, type) of, so the
+    comparison quantizes nothing the estimate did not count: ((name, plan, bytes), ...) and
+    the names of nearer mixes left out for a type outside --types."""
+    below, above, left_out = None, None, {}
     for ftype, mix in llama_mixes(spec):
         nb = plan_bytes(spec.model, mix, spec.opts.target)
-        if nb <= plan.budget and (below is None or nb > below[2]):
+        fits = nb <= plan.budget
+        if not fits and nb > 1.1 * plan.budget:
+            continue
+        nearer = (below is None or nb > below[2]) if fits else (above is None or nb < above[2])
+        if not nearer:
+            continue
+        missing = sorted({t for n, t in mix.items() if t not in m.index.get(n, {})})
+        if missing:
+            left_out[ftype] = (missing, nb, fits)
+            continue
+        if fits:
             below = (f"llama.cpp {ftype}", mix, nb)
-        if plan.budget < nb <= 1.1 * plan.budget and (above is None or nb < above[2]):
+        else:
             above = (f"llama.cpp {ftype}", mix, nb)
-    return [m for m in (below, above) if m is not None]
+    def nearer_than_kept(nb: int, fits: bool) -> bool:
+        kept = below if fits else above
+        return kept is None or (nb > kept[2] if fits else nb < kept[2])
+
+    notes = [f"llama.cpp {f} not compared: it needs {', '.join(t)}, not measured (add to "
+             "--types)" for f, (t, nb, fits) in left_out.items() if nearer_than_kept(nb, fits)]
+    return [x for x in (below, above) if x is not None], notes
 
 
-def heldout_rows(spec: Spec, plan: Plan, study: optuna.Study, best, session,
-                 ui: Ui = SILENT) -> list[dict]:
+def heldout_rows(spec: Spec, plan: Plan, m: Measurement, study: optuna.Study, best, session,
+                 ui: Ui = SILENT) -> tuple[list[dict], list[str]]:
     """The best recipe, every warm start and llama.cpp's nearest default mixes, on the
     held-out text; identical recipes once (names joined with '='); rows over the budget
-    marked."""
+    marked; and the notes on mixes left out."""
     named = [(f"best (trial {best.number})", best.user_attrs["recipe"])]
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
         if "warm_start" in t.user_attrs and "recipe" in t.user_attrs:
             named.append((f"warm: {t.user_attrs['warm_start']}", t.user_attrs["recipe"]))
-    named += [(name, mix) for name, mix, _ in _nearest_mixes(spec, plan)]
+    mixes, notes = _nearest_mixes(spec, plan, m)
+    named += [(name, mix) for name, mix, _ in mixes]
     distinct: dict[str, list] = {}
     for name, recipe in named:
         distinct.setdefault(plan_sha(recipe), [[], recipe])[0].append(name)
@@ -91,7 +110,7 @@ def heldout_rows(spec: Spec, plan: Plan, study: optuna.Study, best, session,
         rows.append({"name": " = ".join(names), "bytes": nb,
                      "bpw": 8 * nb / spec.model.n_elements, "over_budget": nb > plan.budget,
                      **plain(evaluate_staged(session, recipe, chunks, tick))})
-    return rows
+    return rows, notes
 
 
 def at_floor(best_value: float, floor_kld: float) -> bool:
@@ -116,7 +135,7 @@ def finish(spec: Spec, plan: Plan, m: Measurement, study: optuna.Study, session,
     out = plan.opts.study_dir()
     out.mkdir(parents=True, exist_ok=True)
     best = select(plan, study, session, ui)
-    rows = heldout_rows(spec, plan, study, best, eval_session, ui)
+    rows, left_out = heldout_rows(spec, plan, m, study, best, eval_session, ui)
     calib = {k: best.user_attrs[k] for k in OBJECTIVES.values() if k in best.user_attrs}
     recipe = build_recipe(spec.model, best.user_attrs["recipe"], spec.opts.target,
                           objectives={"heldout": rows[0], "calibration": calib},
@@ -126,7 +145,8 @@ def finish(spec: Spec, plan: Plan, m: Measurement, study: optuna.Study, session,
     export = plan_export(recipe.tensors, recipe.shapes, spec.opts.target, imat,
                          recipe.input_quantized)
     files = write_plan(export, out)
-    report = _report(spec, plan, m, study, best, path, rows, files, imat)
+    report = {**_report(spec, plan, m, study, best, path, rows, files, imat),
+              "not_compared": left_out}
     write_json(out / "report.json", report)
     _note(study, report, export.notes)
     return report
@@ -135,6 +155,7 @@ def finish(spec: Spec, plan: Plan, m: Measurement, study: optuna.Study, session,
 def _report(spec: Spec, plan: Plan, m: Measurement, study, best, path: Path, rows, files,
             imat) -> dict:
     finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    n_eval = len(evaluated(study))
     warm = [r for r in rows[1:] if "warm: " in r["name"]]
     beats = "warm: " not in rows[0]["name"] and all(rows[0]["kld_mean"] < r["kld_mean"]
                                                      for r in warm)
@@ -147,7 +168,9 @@ def _report(spec: Spec, plan: Plan, m: Measurement, study, best, path: Path, row
         "best_is_warm_start": best.user_attrs.get("warm_start"),
         "at_floor": at_floor(best.values[-1], m.probes.base_kld),
         "floor_kld": m.probes.base_kld,
-        "n_trials": len(finished), "distinct_plans": distinct_plans(study),
+        "n_trials": n_eval, "duplicates": len(finished) - n_eval,
+        "distinct_plans": distinct_plans(study),
+        "space_exhausted": bool(study.user_attrs.get("exhausted", False)),
         "comparison": rows, "beats_every_warm_start": beats,
         "warm_starts": study.user_attrs.get("warm_enqueued", []),
         "selection": study.user_attrs.get("selection"),

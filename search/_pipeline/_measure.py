@@ -121,15 +121,13 @@ def _manifest(folder: Path) -> dict | None:
     return data
 
 
-def _open(spec: Spec) -> dict:
-    """The folder's manifest, created for these settings, or refused when made with others."""
+def check_measurement(spec: Spec) -> dict | None:
+    """The folder's manifest (None when there is none yet); refused, before any output or
+    work, when it was made with other settings."""
     folder, settings = spec.measure_dir, dict(spec.settings.__dict__)
     data = _manifest(folder)
     if data is None:
-        data = {"format": FORMAT, "settings": settings, "model": _model_info(spec.model),
-                "parts": {}}
-        write_json(folder / "manifest.json", data)
-        return data
+        return None
     old = data.get("settings", {})
     diff = [k for k in settings if old.get(k) != settings[k]]
     if diff:
@@ -137,6 +135,16 @@ def _open(spec: Spec) -> dict:
         raise MeasurementError(
             f"measurement {folder} was made with another {_WHAT.get(k, k)} ({old.get(k)!r}, "
             f"this run: {settings[k]!r}): give another --measure-dir or the same settings")
+    return data
+
+
+def _open(spec: Spec) -> dict:
+    """The folder's manifest, created for these settings when absent."""
+    data = check_measurement(spec)
+    if data is None:
+        data = {"format": FORMAT, "settings": dict(spec.settings.__dict__),
+                "model": _model_info(spec.model), "parts": {}}
+        write_json(spec.measure_dir / "manifest.json", data)
     return data
 
 

@@ -1,6 +1,6 @@
 """``search plan`` and every run's header: what a study will cost on this machine before any
 work: disk, host memory, and the time of each stage, from rates measured in seconds on the
-model's real shapes (cached per machine under the studies folder).
+model's real shapes (cached per machine in the measurement folder, ``rates.json``).
 
     rates(spec)              -> Rates       quantize/dequantize weights per second per type,
                                             forward seconds per layer and head, compile costs
@@ -117,7 +117,7 @@ def _type_rates(spec: Spec) -> tuple[dict, dict, dict]:
 
 def rates(spec: Spec, batch: int = 4) -> Rates:
     """Measured now, or read from the machine's cache (same host, backend, model and types)."""
-    path = Path(spec.opts.studies_dir) / ".cache" / "rates.json"
+    path = spec.measure_dir / "rates.json"
     key = _machine_key(spec)
     known = json.loads(path.read_text()) if path.is_file() else {}
     if key in known:

@@ -209,16 +209,41 @@ def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     return min(done, key=lambda t: t.values[1])
 
 
+STALL = 50  # trials in a row that found no new plan: the space near the trials is exhausted
+
+
+def evaluated(study: optuna.Study) -> list:
+    """Finished trials that evaluated their own plan (not a duplicate told without one)."""
+    return [t for t in study.get_trials(deepcopy=False, states=FINISHED)
+            if "duplicate_of" not in t.user_attrs]
+
+
+class _StopAt:
+    """Stops the study at ``n`` evaluated trials (duplicates do not count), or when the last
+    STALL trials all found no new plan."""
+
+    def __init__(self, n: int | None) -> None:
+        self.n = n
+
+    def __call__(self, study: optuna.Study, trial) -> None:
+        if self.n is not None and len(evaluated(study)) >= self.n:
+            study.stop()
+            return
+        recent = study.get_trials(deepcopy=False, states=FINISHED)[-STALL:]
+        if len(recent) == STALL and all("duplicate_of" in t.user_attrs for t in recent):
+            study.set_user_attr("exhausted", True)
+            study.stop()
+
+
 class _TrialBar:
-    """The trial bar: finished trials, the best calibration KLD, the running trial's chunks."""
+    """The trial bar: evaluated trials, the best calibration KLD, the running trial's chunks."""
 
     def __init__(self, study: optuna.Study, n_trials: int | None, ui: Ui) -> None:
         self.ui, self.n_trials, self.best = ui, n_trials or 0, ""
         self(study, None)
 
     def __call__(self, study: optuna.Study, trial) -> None:
-        n = len(study.get_trials(deepcopy=False, states=FINISHED))
-        self.ui.progress("trials", n, self.n_trials)
+        self.ui.progress("trials", len(evaluated(study)), self.n_trials)
         try:
             b = best_trial(study)
             self.best = f"best calibration KLD {b.values[-1]:.5f} (trial {b.number})"
@@ -234,14 +259,10 @@ def optimize(study: optuna.Study, obj: RecipeObjective, opts, propose: Proposer 
              ui: Ui = SILENT) -> None:
     from dataclasses import replace
 
-    from optuna.study import MaxTrialsCallback
-
+    if opts.trials is not None and len(evaluated(study)) >= opts.trials:
+        return
     bar = _TrialBar(study, opts.trials, ui)
-    callbacks = [bar] + ([propose] if propose else [])
-    if opts.trials is not None:
-        callbacks.append(MaxTrialsCallback(opts.trials, states=FINISHED))
-        if len(study.get_trials(deepcopy=False, states=FINISHED)) >= opts.trials:
-            return
+    callbacks = [bar] + ([propose] if propose else []) + [_StopAt(opts.trials)]
     study.optimize(replace(obj, on_stage=bar.stage), n_trials=None, timeout=opts.timeout,
                    callbacks=callbacks)
 
@@ -324,12 +345,16 @@ def worker_main(opts) -> None:
 
 
 def trials_by_origin(study: optuna.Study) -> dict[str, dict]:
-    """Per origin (warm start, surrogate, sampler): finished trials and their best value."""
+    """Per origin (warm start, surrogate, sampler): evaluated trials, those stopped early,
+    their best value, and the trials that found only an evaluated plan (told as duplicates)."""
     out: dict[str, dict] = {}
     for t in study.get_trials(deepcopy=False, states=FINISHED):
         a = t.user_attrs
         kind = "warm start" if "warm_start" in a else "surrogate" if "proposal" in a else "sampler"
-        row = out.setdefault(kind, {"trials": 0, "pruned": 0, "best": None})
+        row = out.setdefault(kind, {"trials": 0, "pruned": 0, "duplicates": 0, "best": None})
+        if "duplicate_of" in a:
+            row["duplicates"] += 1
+            continue
         row["trials"] += 1
         row["pruned"] += t.state == TrialState.PRUNED
         if t.state == TrialState.COMPLETE and (row["best"] is None or t.values[-1] < row["best"]):
@@ -338,6 +363,5 @@ def trials_by_origin(study: optuna.Study) -> dict[str, dict]:
 
 
 def distinct_plans(study: optuna.Study) -> int:
-    return len({t.user_attrs.get("plan_sha") for t in study.get_trials(
-        deepcopy=False, states=FINISHED) if "duplicate_of" not in t.user_attrs})
+    return len({t.user_attrs.get("plan_sha") for t in evaluated(study)})
 

@@ -12,7 +12,7 @@ from typing import Any
 from objectives import read_corpus
 
 from ._finish import finish
-from ._measure import calib_session, measure
+from ._measure import calib_session, check_measurement, measure
 from ._options import SearchOptions
 from ._plan import check_fits, estimate, rates, summary_lines
 from ._prepare import header, prepare
@@ -27,6 +27,7 @@ def run_search(opts: SearchOptions, ui: Ui = SILENT) -> list[dict[str, Any]]:
     spec = prepare(opts)
     for plan in spec.plans:
         check_study(plan)
+    check_measurement(spec)
     for line in header(spec):
         ui.say(line)
     est = estimate(spec, rates(spec))
