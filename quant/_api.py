@@ -28,7 +28,6 @@ import math
 import warnings
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ._catalog import get_type, type_in_target

@@ -4,8 +4,6 @@ CLI; nothing imports the CLI; no circular imports between modules."""
 from __future__ import annotations
 
 import ast
-import subprocess
-import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parents[1]

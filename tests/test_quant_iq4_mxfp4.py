@@ -8,7 +8,7 @@ import pytest
 from _golden import GOLDEN, golden_bytes, golden_case, load_golden  # noqa: F401
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_quant_legacy import check_fake_quant_is_gguf_dequantize, check_golden, rows
+from test_quant_legacy import check_fake_quant_is_gguf_dequantize, golden_tests, rows
 
 import quant
 
@@ -16,16 +16,7 @@ IQ4 = ["iq4_nl", "iq4_xs"]
 STEMS = [f"{n}{s}" for n in IQ4 + ["mxfp4"] for s in ("", "_imat")]  # both targets
 
 
-@pytest.mark.parametrize("stem", STEMS)
-@golden_case(lambda stem: (stem, "mainline"))
-def test_mainline_golden(stem, golden_bytes):
-    check_golden(stem, "mainline", ("q_ggml",), golden_bytes)
-
-
-@pytest.mark.parametrize("stem", STEMS)
-@golden_case(lambda stem: (stem, "ik"))
-def test_ik_golden(stem, golden_bytes):
-    check_golden(stem, "ik", ("q_iknofma", "q_ik"), golden_bytes)
+test_mainline_golden, test_ik_golden = golden_tests(STEMS, STEMS)
 
 
 @pytest.mark.parametrize("name", IQ4 + ["mxfp4"])

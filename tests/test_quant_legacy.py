@@ -80,16 +80,21 @@ MAINLINE_STEMS = [f"{n}{s}" for n in LEGACY for s in ("", "_imat")]
 IK_STEMS = [f"{n}{s}" for n in ["q8_0", "q4_1", "q5_0", "q5_1", "q6_0"] for s in ("", "_imat")]
 
 
-@pytest.mark.parametrize("stem", MAINLINE_STEMS)
-@golden_case(lambda stem: (stem, "mainline"))
-def test_mainline_golden(stem, golden_bytes):
-    check_golden(stem, "mainline", ("q_ggml",), golden_bytes)
+def golden_tests(mainline_stems: list[str], ik_stems: list[str]):
+    """A family's two golden tests, (mainline vs ggml, ik vs ik built without FMA), for a test
+    module to bind as ``test_mainline_golden, test_ik_golden``."""
 
+    @pytest.mark.parametrize("stem", mainline_stems)
+    @golden_case(lambda stem: (stem, "mainline"))
+    def test_mainline_golden(stem, golden_bytes):
+        check_golden(stem, "mainline", ("q_ggml",), golden_bytes)
 
-@pytest.mark.parametrize("stem", IK_STEMS)
-@golden_case(lambda stem: (stem, "ik"))
-def test_ik_golden(stem, golden_bytes):
-    check_golden(stem, "ik", ("q_iknofma", "q_ik"), golden_bytes)
+    @pytest.mark.parametrize("stem", ik_stems)
+    @golden_case(lambda stem: (stem, "ik"))
+    def test_ik_golden(stem, golden_bytes):
+        check_golden(stem, "ik", ("q_iknofma", "q_ik"), golden_bytes)
+
+    return test_mainline_golden, test_ik_golden
 
 
 def check_fake_quant_is_gguf_dequantize(name: str) -> None:
@@ -167,3 +172,6 @@ def test_imatrix_path_sane(name, target, x, wseed):
     assert np.all(y[zero] == 0)
     amax = np.max(np.abs(x), axis=1, keepdims=True)
     assert np.all((np.abs(y - x) <= amax * 0.6 + 1e-30)[fits_f16])
+
+
+test_mainline_golden, test_ik_golden = golden_tests(MAINLINE_STEMS, IK_STEMS)

@@ -152,6 +152,35 @@ def expert_stats(ids, m, valid, n_exp: int):
     return jnp.einsum("ne,nd->ed", hits, m * m, precision=C.HIGHEST), jnp.sum(hits, axis=0)
 
 
+@dataclass(kw_only=True)
+class FfnWeights:
+    """The FFN weights of a layer that is dense or MoE (with shared experts): the fields a
+    family's Layer inherits (keyword-only, after its own)."""
+    w_gate: jax.Array | None = None  # [F, D]            (dense layers)
+    w_up: jax.Array | None = None
+    w_down: jax.Array | None = None  # [D, F]
+    gate_inp: jax.Array | None = None  # [E, D]          (MoE layers)
+    probs_b: jax.Array | None = None  # [E]
+    w_gate_exps: jax.Array | None = None  # [E, F, D]
+    w_up_exps: jax.Array | None = None
+    w_down_exps: jax.Array | None = None  # [E, D, F]
+    w_gate_sh: jax.Array | None = None  # [F*n_shared, D]
+    w_up_sh: jax.Array | None = None
+    w_down_sh: jax.Array | None = None  # [D, F*n_shared]
+
+
+EXPERT_FIELDS = ("w_gate_exps", "w_up_exps", "w_down_exps")
+
+
+def ffn_fields(moe_layer: bool, experts: bool) -> list[str]:
+    """The FfnWeights fields a layer loads: a dense FFN, or the router and shared experts
+    (and, unless ``experts`` is False, the routed experts, else streamed a slice at a time)."""
+    if not moe_layer:
+        return ["w_gate", "w_up", "w_down"]
+    return ["gate_inp", "w_gate_sh", "w_up_sh", "w_down_sh",
+            *(EXPERT_FIELDS if experts else ())]
+
+
 @jax.tree_util.register_dataclass
 @dataclass
 class Routed:

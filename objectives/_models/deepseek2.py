@@ -44,7 +44,7 @@ ROLES = {  # Layer field -> tensor role, in matmul (LINEARS) order first
     "ffn_norm": "ffn_norm"}
 LINEARS = tuple(ROLES.values())[:18]
 A = {f: i for i, f in enumerate(ROLES) if i < 18}  # field -> index in Layer.act
-EXPERT_FIELDS = ("w_gate_exps", "w_up_exps", "w_down_exps")
+EXPERT_FIELDS = _moe.EXPERT_FIELDS
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Config(llama.Config):
 
 @jax.tree_util.register_dataclass
 @dataclass
-class Layer:
+class Layer(_moe.FfnWeights):
     attn_norm: jax.Array  # [D]
     kv_a_norm: jax.Array  # [kv]
     wkv_a: jax.Array  # [kv + r, D]
@@ -78,17 +78,6 @@ class Layer:
     wk_b: jax.Array | None = None  # [H, kv, nope]     (absorbed)
     wv_b: jax.Array | None = None  # [H, v, kv]
     wkv_b: jax.Array | None = None  # [H*(nope+v), kv] (older form)
-    w_gate: jax.Array | None = None  # [F, D]            (dense layers)
-    w_up: jax.Array | None = None
-    w_down: jax.Array | None = None  # [D, F]
-    gate_inp: jax.Array | None = None  # [E, D]          (MoE layers)
-    probs_b: jax.Array | None = None  # [E]
-    w_gate_exps: jax.Array | None = None  # [E, F, D]
-    w_up_exps: jax.Array | None = None
-    w_down_exps: jax.Array | None = None  # [E, D, F]
-    w_gate_sh: jax.Array | None = None  # [F*n_shared, D]
-    w_up_sh: jax.Array | None = None
-    w_down_sh: jax.Array | None = None  # [D, F*n_shared]
 
 
 def _yarn(model, n_ctx_train: int) -> tuple[C.Yarn, float]:
@@ -162,10 +151,7 @@ def _present(cfg: Config, il: int, experts: bool) -> list[str]:
     out = ["attn_norm", "kv_a_norm", "wkv_a", "wo", "ffn_norm"]
     out += ["wk_b", "wv_b"] if cfg.absorbed else ["wkv_b"]
     out += ["wq_a", "q_a_norm", "wq_b"] if cfg.q_lora else ["wq"]
-    if not is_moe_layer(cfg, il):
-        return out + ["w_gate", "w_up", "w_down"]
-    out += ["gate_inp", "w_gate_sh", "w_up_sh", "w_down_sh"]
-    return out + (list(EXPERT_FIELDS) if experts else [])
+    return out + _moe.ffn_fields(is_moe_layer(cfg, il), experts)
 
 
 def load_layer(cfg: Config, get: Callable, act: Callable, il: int,

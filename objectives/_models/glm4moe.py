@@ -36,7 +36,7 @@ ROLES = {  # Layer field -> tensor role; the first 14 are matmuls, in Layer.act 
     "k_norm": "attn_k_norm"}
 A = {f: i for i, f in enumerate(ROLES) if i < 14}
 LINEARS = tuple(ROLES.values())[:14]
-EXPERT_FIELDS = ("w_gate_exps", "w_up_exps", "w_down_exps")
+EXPERT_FIELDS = _moe.EXPERT_FIELDS
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Config(qwen.Config):
 
 @jax.tree_util.register_dataclass
 @dataclass
-class Layer:
+class Layer(_moe.FfnWeights):
     attn_norm: jax.Array  # [D]
     wq: jax.Array  # [H*hd, D]
     wk: jax.Array  # [Hkv*hd, D]
@@ -61,17 +61,6 @@ class Layer:
     bv: jax.Array | None = None
     q_norm: jax.Array | None = None  # [hd]
     k_norm: jax.Array | None = None
-    w_gate: jax.Array | None = None  # [F, D]  (dense layers)
-    w_up: jax.Array | None = None
-    w_down: jax.Array | None = None  # [D, F]
-    gate_inp: jax.Array | None = None  # [E, D]  (MoE layers)
-    probs_b: jax.Array | None = None  # [E]
-    w_gate_exps: jax.Array | None = None  # [E, F, D]
-    w_up_exps: jax.Array | None = None
-    w_down_exps: jax.Array | None = None  # [E, D, F]
-    w_gate_sh: jax.Array | None = None  # [F*n_shared, D]
-    w_up_sh: jax.Array | None = None
-    w_down_sh: jax.Array | None = None
 
 
 def config(model) -> Config:
@@ -104,10 +93,7 @@ def expert_names(cfg: Config, il: int) -> tuple[str, str, str]:
 def _present(cfg: Config, il: int, experts: bool) -> list[str]:
     out = ["attn_norm", "wq", "wk", "wv", "wo", "ffn_norm"]
     out += ["q_norm", "k_norm"] if cfg.qk_norm else []
-    if not is_moe_layer(cfg, il):
-        return out + ["w_gate", "w_up", "w_down"]
-    out += ["gate_inp", "w_gate_sh", "w_up_sh", "w_down_sh"]
-    return out + (list(EXPERT_FIELDS) if experts else [])
+    return out + _moe.ffn_fields(is_moe_layer(cfg, il), experts)
 
 
 def load_layer(cfg: Config, get: Callable, act: Callable, il: int,

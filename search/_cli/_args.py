@@ -40,6 +40,13 @@ def model_arg(p: argparse.ArgumentParser) -> None:
                    "name (smollm2, gemma3-270m); default: the embedded SmolLM2-135M-Instruct")
 
 
+def studies_dir_arg(p: argparse.ArgumentParser, what: str = "home of studies") -> None:
+    from .._pipeline import default_of
+
+    p.add_argument("--studies-dir", default=default_of("studies_dir"),
+                   help=f"{what} (default: {default_of('studies_dir')})")
+
+
 def json_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", default=None,
                    help="print JSON instead of tables")

@@ -6,9 +6,8 @@ from pathlib import Path
 
 from quant import UserError
 
-from .._pipeline import default_of
 from .._study import default_url, open_storage
-from ._args import Parser
+from ._args import Parser, studies_dir_arg
 
 
 def main(argv: list[str]) -> int:
@@ -16,8 +15,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--study", help="study name (a folder of the studies folder; default: the "
                    "newest)")
     p.add_argument("--storage", help="storage URL (default: STUDIES_DIR/NAME/study.db)")
-    p.add_argument("--studies-dir", default=default_of("studies_dir"),
-                   help=f"home of studies (default: {default_of('studies_dir')})")
+    studies_dir_arg(p)
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
     a = p.parse_args(argv)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from .._pipeline import default_of, evaluate_recipe
-from ._args import Parser, json_arg, model_arg
+from ._args import Parser, studies_dir_arg, json_arg, model_arg
 from ._output import emit
-from ._progress import StageBar
+from ._progress import with_bars
 
 
 def main(argv: list[str]) -> int:
@@ -24,16 +24,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--chunks", type=int, help="number of chunks (default: all)")
     p.add_argument("--no-act-round", action="store_true",
                    help="do not round activations to q8 as llama.cpp's CPU matmuls do")
-    p.add_argument("--studies-dir", default=default_of("studies_dir"),
-                   help=f"home of the base-statistics cache (default: {default_of('studies_dir')})")
+    studies_dir_arg(p, "home of the base-statistics cache")
     json_arg(p)
     a = p.parse_args(argv)
-    bar = StageBar(not a.json)
-    try:
-        res = evaluate_recipe(a.model, a.recipe, a.imatrix, a.file, a.ctx, a.chunks,
-                              not a.no_act_round, a.studies_dir, bar.ui())
-    finally:
-        bar.close()
+    res = with_bars(a.json, evaluate_recipe, a.model, a.recipe, a.imatrix, a.file, a.ctx,
+                    a.chunks, not a.no_act_round, a.studies_dir)
     emit(res, a.json, format_eval)
     return 0
 

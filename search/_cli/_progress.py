@@ -44,3 +44,12 @@ class StageBar:
 
     def ui(self) -> Ui:
         return Ui(self.progress, self.status, self.say)
+
+
+def with_bars(quiet: bool, fn, *args):
+    """``fn(*args, ui)`` under labelled stage bars on stderr (none when ``quiet``: --json)."""
+    bar = StageBar(not quiet)
+    try:
+        return fn(*args, bar.ui())
+    finally:
+        bar.close()

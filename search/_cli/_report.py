@@ -8,8 +8,7 @@ from pathlib import Path
 
 from quant import UserError
 
-from .._pipeline import default_of
-from ._args import Parser, json_arg
+from ._args import Parser, studies_dir_arg, json_arg
 from ._output import emit
 from ._search import format_summary
 
@@ -18,8 +17,7 @@ def main(argv: list[str]) -> int:
     p = Parser(prog="search report", description="The summary of a finished study.")
     p.add_argument("--study", help="study name (a folder of the studies folder; default: the "
                    "newest with a report)")
-    p.add_argument("--studies-dir", default=default_of("studies_dir"),
-                   help=f"home of studies (default: {default_of('studies_dir')})")
+    studies_dir_arg(p)
     json_arg(p)
     a = p.parse_args(argv)
     emit(load_report(Path(a.studies_dir), a.study), bool(a.json), format_summary)

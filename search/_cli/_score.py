@@ -8,9 +8,9 @@ from pathlib import Path
 from quant import TARGETS, UserError, searchable_types
 
 from .._pipeline import default_of, default_score_dir, default_types, score
-from ._args import Parser, csv, json_arg, model_arg
+from ._args import Parser, studies_dir_arg, csv, json_arg, model_arg
 from ._output import emit
-from ._progress import StageBar
+from ._progress import with_bars
 
 
 def _parser() -> Parser:
@@ -32,8 +32,7 @@ def _parser() -> Parser:
                    help=f"project (default: {default_of('target')})")
     p.add_argument("--out", type=Path, help="output folder (default: "
                    "STUDIES_DIR/scores/MODEL-TARGET)")
-    p.add_argument("--studies-dir", default=default_of("studies_dir"),
-                   help=f"home of study outputs (default: {default_of('studies_dir')})")
+    studies_dir_arg(p, "home of study outputs")
     json_arg(p)
     return p
 
@@ -52,12 +51,8 @@ def _types(names: list[str] | None, target: str) -> list[str]:
 def main(argv: list[str]) -> int:
     a = _parser().parse_args(argv)
     out = a.out or default_score_dir(a.model, a.target, a.studies_dir)
-    bar = StageBar(not a.json)
-    try:
-        res = score(a.model, a.calib, _types(a.types, a.target), a.target, a.ctx, a.chunks, out,
-                    a.measure, a.measure_chunks, bar.ui())
-    finally:
-        bar.close()
+    res = with_bars(a.json, score, a.model, a.calib, _types(a.types, a.target), a.target, a.ctx,
+                    a.chunks, out, a.measure, a.measure_chunks)
     keep = ("imatrix_dat", "imatrix_gguf", "scores", "plot_png", "plot_html",
             "layer_similarity", "spearman", "chunks", "ctx")
     emit({k: res[k] for k in keep if k in res} if a.json else res, bool(a.json), format_score)

@@ -3,10 +3,10 @@ measures on the written file."""
 
 from __future__ import annotations
 
-from .._pipeline import default_of, verify
-from ._args import Parser, json_arg
+from .._pipeline import verify
+from ._args import Parser, studies_dir_arg, json_arg
 from ._output import emit
-from ._progress import StageBar
+from ._progress import with_bars
 
 
 def main(argv: list[str]) -> int:
@@ -18,15 +18,10 @@ def main(argv: list[str]) -> int:
     p.add_argument("-f", "--file", help="evaluation text (default: the bundled held-out corpus)")
     p.add_argument("--chunks", type=int, help="chunks of --ctx tokens (default: the study's "
                    "held-out chunks)")
-    p.add_argument("--studies-dir", default=default_of("studies_dir"),
-                   help=f"home of studies (default: {default_of('studies_dir')})")
+    studies_dir_arg(p)
     json_arg(p)
     a = p.parse_args(argv)
-    bar = StageBar(not a.json)
-    try:
-        res = verify(a.study, a.studies_dir, a.llama_bin, a.file, a.chunks, bar.ui())
-    finally:
-        bar.close()
+    res = with_bars(a.json, verify, a.study, a.studies_dir, a.llama_bin, a.file, a.chunks)
     emit(res, bool(a.json), format_verify)
     return 0
 

@@ -3,10 +3,10 @@ from the quantization cache; no llama.cpp build needed."""
 
 from __future__ import annotations
 
-from .._pipeline import default_of, write_model
-from ._args import Parser, json_arg
+from .._pipeline import write_model
+from ._args import Parser, studies_dir_arg, json_arg
 from ._output import emit
-from ._progress import StageBar
+from ._progress import with_bars
 
 
 def main(argv: list[str]) -> int:
@@ -22,16 +22,11 @@ def main(argv: list[str]) -> int:
                    "recipe file: none)")
     p.add_argument("--split-max-size", help="split into shards of at most this size, as "
                    "llama-gguf-split does (e.g. 50G, 500M; default: one file)")
-    p.add_argument("--studies-dir", default=default_of("studies_dir"),
-                   help=f"home of studies (default: {default_of('studies_dir')})")
+    studies_dir_arg(p)
     json_arg(p)
     a = p.parse_args(argv)
-    bar = StageBar(not a.json)
-    try:
-        res = write_model(a.source, a.out, a.model, a.imatrix, a.studies_dir, a.split_max_size,
-                          bar.ui())
-    finally:
-        bar.close()
+    res = with_bars(a.json, write_model, a.source, a.out, a.model, a.imatrix, a.studies_dir,
+                    a.split_max_size)
     emit(res, bool(a.json), format_write)
     return 0
 

@@ -22,7 +22,7 @@ from typing import Callable
 from objectives import GGUFModel, TensorInfo, layer_of
 from quant import get_type, resolve
 
-from ._ftypes import FTYPES, IK_FTYPES_NEED_IMATRIX, MixError, base_type, canonical_ftype
+from ._ftypes import IK_FTYPES_NEED_IMATRIX, MixError, base_type, canonical_ftype
 from ._ftypes import needs_imatrix
 
 # ---------------------------------------------------------------- per-file state

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import ctypes
 import os
-import time
 
 import jax
 import numpy as np
 import pytest
 
 import quant
+from _timing import best_time
 
 TYPES = ["f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl", "iq4_xs", "mxfp4",
          "q2_K", "q3_K", "q4_K", "q5_K", "q6_K"]
@@ -30,15 +30,6 @@ GGUF_PY_TYPES = {"f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "mxfp4"}
 IK_TYPES = ["q6_0", "q4_1", "iq4_xs", "q4_K", "q6_K", "iq2_k", "iq3_k", "iq4_k", "iq5_k", "iq6_k",
             "iq2_ks", "iq3_ks", "iq4_ks", "iq5_ks", "iq4_kss", "iq2_kl"]
 IK_ONLY = [(t, w) for t in IK_TYPES for w in (False, True)]
-
-
-def _best_time(fn, reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 class GgmlLib:
@@ -79,7 +70,7 @@ def _gguf_quantizer(name: str, x: np.ndarray, w):
 def _jax_rate(name, x, w, target, reps):
     fq = quant.fake_quant
     fq(x, name, w, target).block_until_ready()  # compile
-    t = _best_time(lambda: fq(x, name, w, target).block_until_ready(), reps)
+    t = best_time(lambda: fq(x, name, w, target).block_until_ready(), reps)
     return x.size / t
 
 
@@ -105,7 +96,7 @@ def test_bench_fake_quant():
             if ref is None:
                 print(f"{name:8s} {str(use_w):7s} {jr / 1e6:9.2f} {'-':>9s} {'-':>8s}")
                 continue
-            rr = x.size / _best_time(ref, reps)
+            rr = x.size / best_time(ref, reps)
             ours = quant.quantize(x, name, wi)
             theirs = np.ascontiguousarray(ref()).view(np.uint8).reshape(ours.shape)
             same = np.array_equal(ours, theirs)

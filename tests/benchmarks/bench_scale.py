@@ -30,7 +30,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -38,6 +37,7 @@ import numpy as np
 import pytest
 
 import quant
+from _timing import best_time
 from quant._slices import slice_rows, workers
 
 N_LAYERS = 62
@@ -136,15 +136,6 @@ def _bf16_like(rng, shape) -> np.ndarray:
     return ((u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000).view(np.float32)
 
 
-def _best(fn, reps: int) -> float:
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
-
-
 def _slice_temp_mib(name, target, s, ne0) -> float:
     import jax
 
@@ -166,16 +157,16 @@ def _measure(name, target, ne0, rng, lib, reps):
     w = (rng.random(ne0) ** 2 + 1e-3).astype(np.float32)
     q = quant.quantize(x[: slice_rows(x.shape[0], ne0)], name, w, target)  # compile
     quant.dequantize(q, name, (q.shape[0], ne0), target)
-    t_q = _best(lambda: quant.quantize(x, name, w, target), reps)
+    t_q = best_time(lambda: quant.quantize(x, name, w, target), reps)
     q = quant.quantize(x, name, w, target)
-    t_d = _best(lambda: quant.dequantize(q, name, x.shape, target), reps)
+    t_d = best_time(lambda: quant.dequantize(q, name, x.shape, target), reps)
     row = {"target": target, "type": name, "ne0": ne0, "rows": x.shape[0],
            "jax_q": x.size / t_q, "jax_dq": x.size / t_d,
            "slice_temp_mib": _slice_temp_mib(name, target, slice_rows(10**9, ne0), ne0)}
     if lib is not None:
-        t_cq = _best(lambda: lib.quantize(name, x, w), reps)
+        t_cq = best_time(lambda: lib.quantize(name, x, w), reps)
         ref = lib.quantize(name, x, w)
-        t_cd = _best(lambda: lib.dequantize(name, ref, ne0), reps)
+        t_cd = best_time(lambda: lib.dequantize(name, ref, ne0), reps)
         row.update(c_q=x.size / t_cq, c_dq=x.size / t_cd,
                    same=float(np.mean(np.all(ref == q, axis=1))))
     return row
