@@ -139,7 +139,10 @@ class FakeSession:
     n_chunks, batch = 16, 4
     more = {"a": 0.30, "b": 0.20, "c": 0.10, "d": 0.05, "e": 0.01, "f": 0.001}
 
+    seen: set = set()
+
     def run(self, plan, chunks):
+        self.seen |= set(chunks)
         return [plan["t"]] * len(chunks)
 
     def summarize(self, stats):
@@ -161,20 +164,23 @@ def _plan(**kw) -> Plan:
 def test_the_lowest_on_more_chunks_wins_among_the_top_five():
     # "f" is sixth on the trial chunks: not re-evaluated, though best on more chunks
     study = study_with({"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4, "e": 0.5, "f": 0.6})
-    best = select(_plan(), study, FakeSession())
+    session = FakeSession()
+    best = select(_plan(), study, session)
     assert best.user_attrs["plan_sha"] == "e"
     sel = study.user_attrs["selection"]
-    assert sel["chunks"] == 16 and set(sel["trials"]) == {"0", "1", "2", "3", "4"}
+    assert session.seen == set(range(4, 16))  # only chunks the trials (4 chunks) did not see
+    assert sel["chunks"] == 12 and set(sel["trials"]) == {"0", "1", "2", "3", "4"}
     assert sel["trials"]["4"] == pytest.approx(0.01)
 
 
-def test_no_reevaluation_when_it_would_not_see_more_chunks():
+def test_no_reevaluation_without_select_chunks():
     class Never(FakeSession):
         def run(self, plan, chunks):
             raise AssertionError("re-evaluated")
 
     study = study_with({"a": 0.1, "b": 0.2})
-    assert select(_plan(select_chunks=4), study, Never()).number == 0
+    assert select(_plan(select_chunks=0), study, Never()).number == 0
+    assert select(_plan(select_chunks=1), study, Never()).number == 0  # one chunk decides nothing
     assert "selection" not in study.user_attrs
 
 

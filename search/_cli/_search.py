@@ -66,8 +66,14 @@ def _verdict(s: dict) -> list[str]:
     if s.get("best_is_warm_start"):
         return [f"The best recipe is the warm start '{s['best_is_warm_start']}': no trial beat "
                 "it on the calibration chunks."]
-    return ["The best recipe beats every warm start on the held-out text."] \
-        if s["beats_every_warm_start"] else []
+    if s["beats_every_warm_start"]:
+        return ["The best recipe beats every warm start on the held-out text."]
+    warm = [r for r in s["comparison"][1:] if "warm: " in r["name"]]
+    w = min(warm, key=lambda r: r["kld_mean"])
+    best = s["comparison"][0]
+    return [f"On the held-out text the warm start '{w['name'][6:]}' is as low or lower "
+            f"({w['kld_mean']:.5f} vs {best['kld_mean']:.5f}, ± {best['kld_err']:.5f}): the "
+            "trials found no recipe measurably better than it; more --trials or --chunks may."]
 
 
 def format_summary(s: dict) -> str:

@@ -397,7 +397,7 @@ _TAIL = '"$1" "$2" {ftype} ${{3:+"$3"}}'
 def render_mainline_script(plan: ExportPlan, out_dir: Path | None = None) -> str:
     imatrix = _imatrix_arg(plan, out_dir) if plan.imatrix else None
     overrides = [f"--tensor-type {shlex.quote(f'{p}={t}')}" for p, t in plan.rules]
-    shown = shlex.quote(plan.imatrix) if plan.imatrix else None
+    shown = imatrix.replace('"$here/', '"').strip('"') if imatrix else None  # beside it
     equivalent = " ".join(["llama-quantize", *_options(plan, shown), *overrides,
                            "IN.gguf OUT.gguf"])
     lines = _header(plan, "quantize-mainline.sh") + ["# Equivalent command line without the file:"]

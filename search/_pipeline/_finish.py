@@ -32,10 +32,12 @@ FLOOR_MARGIN = 0.02  # a best within 2 % of the least-damage recipe's KLD is at 
 def select(plan: Plan, study: optuna.Study, session, ui: Ui = SILENT
            ) -> optuna.trial.FrozenTrial:
     """The final pick: the best ``SELECT_TOP`` distinct recipes re-evaluated on
-    ``--select-chunks`` calibration chunks (a trial sees only ``--chunks``; the best of many on
-    few chunks is partly luck), the lowest wins. Stored as the study's ``selection``."""
+    ``--select-chunks`` calibration chunks that no trial saw (the best of many on the trials'
+    chunks is partly luck, which chunks it was chosen on would favour again), the lowest wins.
+    Stored as the study's ``selection``."""
     opts = plan.opts
-    if opts.pareto or opts.select_chunks <= opts.chunks:
+    fresh = list(range(opts.chunks, min(opts.chunks + opts.select_chunks, session.n_chunks)))
+    if opts.pareto or len(fresh) < 2:
         return best_trial(study)
     top, seen = [], set()
     for t in sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)),
@@ -46,13 +48,12 @@ def select(plan: Plan, study: optuna.Study, session, ui: Ui = SILENT
     top = top[:SELECT_TOP]
     if len(top) < 2:
         return best_trial(study)
-    key, n = OBJECTIVES[opts.objective], min(opts.select_chunks, session.n_chunks)
-    chunks, scored = list(range(n)), {}
+    key, n, scored = OBJECTIVES[opts.objective], len(fresh), {}
     for i, t in enumerate(top):
         tick = lambda d, i=i: ui.progress("final pick", i * n + d, len(top) * n)  # noqa: E731
-        scored[t.number] = float(evaluate_staged(session, t.user_attrs["recipe"], chunks,
+        scored[t.number] = float(evaluate_staged(session, t.user_attrs["recipe"], fresh,
                                                  tick)[key])
-    study.set_user_attr("selection", {"chunks": n, "objective": key,
+    study.set_user_attr("selection", {"chunks": n, "first_chunk": fresh[0], "objective": key,
                                       "trials": {str(k): v for k, v in scored.items()}})
     return next(t for t in top if t.number == min(scored, key=scored.get))
 

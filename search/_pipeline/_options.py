@@ -66,8 +66,9 @@ class SearchOptions:
     ctx: int = _opt(512, "tokens per chunk", type=int)
     chunks: int = _opt(8, "calibration chunks per trial", type=int)
     eval_chunks: int = _opt(16, "held-out chunks of the final comparison", type=int)
-    select_chunks: int = _opt(16, "calibration chunks on which the best 5 recipes are "
-                              "re-evaluated for the final pick (<= --chunks skips it)", type=int)
+    select_chunks: int = _opt(16, "calibration chunks no trial saw (after the trials' "
+                              "--chunks), on which the best 5 recipes are re-evaluated for the "
+                              "final pick (0 skips it)", type=int)
     imatrix: str | None = _opt(None, "importance matrix (.dat or GGUF) to quantize with",
                                default_text="computed on the calibration text, as "
                                "llama-imatrix does")

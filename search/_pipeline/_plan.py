@@ -163,7 +163,7 @@ def estimate(spec: Spec, r: Rates) -> Estimate:
     for p in spec.plans:
         name = p.opts.budget
         stages[f"trials ({name})"] = n_trials * trial
-        if o.select_chunks > o.chunks:
+        if o.select_chunks >= 2:
             stages[f"final pick ({name})"] = SELECT_TOP * (dequant + _forward(r, o.select_chunks))
         stages[f"held-out comparison ({name})"] = (6 + MORE_ROWS) * (dequant + _forward(
             r, o.eval_chunks))

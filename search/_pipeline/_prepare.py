@@ -77,8 +77,8 @@ class Spec:
 
     @property
     def calib_chunks(self) -> int:
-        """Chunks of the calibration session: the trials' and the final pick's."""
-        return max(self.opts.chunks, self.opts.select_chunks)
+        """Chunks of the calibration session: the trials', then the final pick's (others)."""
+        return self.opts.chunks + self.opts.select_chunks
 
 
 def default_types(target: str) -> list[str]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from objectives import read_corpus
 
+from .._json import write_json
 from ._finish import finish
 from ._measure import calib_session, check_measurement, measure
 from ._options import SearchOptions
@@ -54,5 +55,6 @@ def run_search(opts: SearchOptions, ui: Ui = SILENT) -> list[dict[str, Any]]:
         report["seconds"] = {**seconds, "total": time.perf_counter() - t0}
         report["estimate"] = {"stages": est.stages, "total": est.total_s,
                               "host_bytes": est.host_bytes, "disk_bytes": est.disk_bytes}
+        write_json(plan.opts.study_dir() / "report.json", report)  # with the times
         reports.append(report)
     return reports
