@@ -64,7 +64,9 @@ def test_the_study_pruner_compares_the_chunks_both_saw(factor, pruned):
 
 # ------------------------------------------------- replay on a recorded study (real KLDs)
 
-RECORDED = Path(__file__).parent / "fixtures" / "prune" / "smollm2-4.1bpw-noprune.json"
+# the README main command's study (SmolLM2, 4.1 BPW, seed 0): its 15 trials evaluated to the end,
+# per-chunk calibration KLDs in the order the study evaluates chunks (fixtures/prune/record.py)
+RECORDED = Path(__file__).parent / "fixtures" / "prune" / "smollm2-4.1bpw-main.json"
 STAGE = 2  # chunks per stage, as the study evaluates them
 
 
@@ -86,20 +88,19 @@ def test_replayed_rule_never_stops_a_trial_that_ended_better_than_the_best():
     """Each trial of a study evaluated to the end, in order, against the best trial before it
     (warm starts are never stopped, as in the study)."""
     trials = _recorded()["trials"]
-    assert len(trials) >= 20
-    stops = 0
+    assert len(trials) >= 12
     for i, t in enumerate(trials):
         if i == 0 or t["warm_start"]:
             continue
         best = min(trials[:i], key=lambda u: np.mean(u["chunks"]))
         c, b = np.array(t["chunks"]), np.array(best["chunks"])
         if _stopped_at(c, b) is not None:
-            stops += 1
             assert c.mean() >= b.mean(), f"trial {t['number']} stopped, ended better"
-    assert stops >= 1  # the rule saves work on real trials
 
 
 def test_replayed_rule_on_every_ordered_pair_of_recorded_trials():
+    """Each recorded trial against each other as the best: the rule stops often (it saves
+    work) and never a candidate that ended better than its best."""
     trials = [np.array(t["chunks"]) for t in _recorded()["trials"]]
     stops = wrong = 0
     for a in trials:
