@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from quant import UserError
@@ -179,6 +180,16 @@ def ffn_fields(moe_layer: bool, experts: bool) -> list[str]:
         return ["w_gate", "w_up", "w_down"]
     return ["gate_inp", "w_gate_sh", "w_up_sh", "w_down_sh",
             *(EXPERT_FIELDS if experts else ())]
+
+
+def layer_arrays(prefix: str, roles: dict, order, loaded, present, get, act):
+    """A layer's loaded weights {field: array} and its activation codes [len(order)] int32
+    (ACT_NONE for a field the layer lacks); ``present``: every field it has, streamed or not."""
+    import numpy as np
+
+    vals = {f: jnp.asarray(get(prefix + roles[f] + ".weight")) for f in loaded}
+    codes = [act(prefix + roles[f] + ".weight") if f in present else C.ACT_NONE for f in order]
+    return vals, jnp.asarray(np.array(codes, np.int32))
 
 
 @jax.tree_util.register_dataclass

@@ -157,13 +157,11 @@ def _present(cfg: Config, il: int, experts: bool) -> list[str]:
 def load_layer(cfg: Config, get: Callable, act: Callable, il: int,
                experts: bool = True) -> Layer:
     p = f"blk.{il}."
-    have = _present(cfg, il, experts)
-    vals = {f: jnp.asarray(get(p + ROLES[f] + ".weight")) for f in have}
+    vals, codes = _moe.layer_arrays(p, ROLES, A, _present(cfg, il, experts),
+                                    set(_present(cfg, il, True)), get, act)
     if is_moe_layer(cfg, il) and cfg.has_probs_b:
         vals["probs_b"] = jnp.asarray(get(p + "exp_probs_b.bias"))
-    roles = set(_present(cfg, il, True))
-    codes = [act(p + ROLES[f] + ".weight") if f in roles else C.ACT_NONE for f in A]
-    return Layer(**vals, act=jnp.asarray(np.array(codes, np.int32)))
+    return Layer(**vals, act=codes)
 
 
 def layer_consts(cfg: Config, model, il: int, n_ctx: int):
