@@ -185,8 +185,6 @@ def ffn_fields(moe_layer: bool, experts: bool) -> list[str]:
 def layer_arrays(prefix: str, roles: dict, order, loaded, present, get, act):
     """A layer's loaded weights {field: array} and its activation codes [len(order)] int32
     (ACT_NONE for a field the layer lacks); ``present``: every field it has, streamed or not."""
-    import numpy as np
-
     vals = {f: jnp.asarray(get(prefix + roles[f] + ".weight")) for f in loaded}
     codes = [act(prefix + roles[f] + ".weight") if f in present else C.ACT_NONE for f in order]
     return vals, jnp.asarray(np.array(codes, np.int32))
