@@ -186,16 +186,25 @@ def test_the_written_gguf_holds_the_recipe_and_the_cache_values(tiny, tiny_study
 
 
 def _wait(url: str, name: str, proc, timeout: float = 600):
-    """Until the study has a complete trial and a running one (the one to kill)."""
-    end = time.time() + timeout
-    while time.time() < end and proc.poll() is None:
+    """Until the study has a complete trial and a running one (the one to kill), and the
+    process is stopped (SIGSTOP) in that state: a tiny trial can finish between a look and a
+    kill, so the state is checked again once the process cannot move."""
+
+    def ready() -> bool:
         try:
             study = optuna.load_study(study_name=name, storage=open_storage(url))
-            states = [t.state for t in study.get_trials(deepcopy=False)]
-            if TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING:
-                return
         except KeyError:
-            pass
+            return False
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        return TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING
+
+    end = time.time() + timeout
+    while time.time() < end and proc.poll() is None:
+        if ready():
+            os.kill(proc.pid, signal.SIGSTOP)
+            if ready():
+                return
+            os.kill(proc.pid, signal.SIGCONT)
         time.sleep(0.05)
     raise AssertionError(f"no running trial after a complete one (exit {proc.poll()})")
 
