@@ -173,6 +173,19 @@ def test_the_lowest_on_more_chunks_wins_among_the_top_five():
     assert sel["trials"]["4"] == pytest.approx(0.01)
 
 
+def test_the_best_warm_start_joins_the_final_pick():
+    # the warm start "f" is sixth on the trial chunks, best on more chunks: a search result
+    # must beat it on chunks neither was chosen on, so it is re-evaluated too (and wins here);
+    # the worse warm start "g" is not
+    study = study_with({"a": 0.1, "b": 0.2, "c": 0.3, "d": 0.4, "e": 0.5})
+    for name, v in (("f", 0.6), ("g", 0.7)):
+        study.add_trial(optuna.trial.create_trial(value=v, user_attrs={
+            "recipe": {"t": name}, "plan_sha": name, "warm_start": f"w-{name}"}))
+    best = select(_plan(), study, FakeSession())
+    assert best.user_attrs["warm_start"] == "w-f"
+    assert set(study.user_attrs["selection"]["trials"]) == {"0", "1", "2", "3", "4", "5"}
+
+
 def test_no_reevaluation_without_select_chunks():
     class Never(FakeSession):
         def run(self, plan, chunks):

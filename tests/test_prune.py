@@ -52,7 +52,7 @@ def _report(study, values, number_of_steps=None):
 
 @pytest.mark.parametrize("factor,pruned", [(1.5, True), (1.01, False)])
 def test_the_study_pruner_compares_the_chunks_both_saw(factor, pruned):
-    """Production settings (8 chunks in stages of 2): the candidate's first 4 chunks against the
+    """Production settings (stages of 4 chunks): the candidate's first 4 chunks against the
     best complete trial's same 4 chunks."""
     study = optuna.create_study(pruner=PairedPruner())
     best = _report(study, BEST)
@@ -67,7 +67,7 @@ def test_the_study_pruner_compares_the_chunks_both_saw(factor, pruned):
 # the README main command's study (SmolLM2, 4.1 BPW, seed 0): its 15 trials evaluated to the end,
 # per-chunk calibration KLDs in the order the study evaluates chunks (fixtures/prune/record.py)
 RECORDED = Path(__file__).parent / "fixtures" / "prune" / "smollm2-4.1bpw-main.json"
-STAGE = 2  # chunks per stage, as the study evaluates them
+STAGE = 4  # chunks per stage (one forward batch), as the study evaluates them
 
 
 def _recorded() -> dict:

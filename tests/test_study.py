@@ -190,8 +190,8 @@ def test_two_workers_never_evaluate_one_plan_twice(tmp_path, mode, request):
 
 
 def test_pruning_with_the_production_settings():
-    """8 chunks in stages of 2 (--chunks 8), the default rule: a candidate 1.5x worse on every
-    chunk is stopped at the first decision (4 chunks); one 1 % worse runs to the end; a warm
+    """Stages of one forward batch (4 chunks), the default rule: a candidate 1.5x worse on
+    every chunk is stopped at the first decision (4 chunks); one 1 % worse runs to the end; a warm
     start is never stopped, however bad."""
 
     class Scaled(SyntheticEvaluator):
@@ -208,7 +208,7 @@ def test_pruning_with_the_production_settings():
 
     order = make_objective().order
     objective = make_objective(evaluator=Scaled([1.0, 1.5, 1.01, 5.0], order[0]))
-    assert objective.stage == 2 and len(objective.order) == 8
+    assert objective.stage == 4 and len(objective.order) == 8
     study = optuna.create_study(pruner=PairedPruner(), sampler=optuna.samplers.RandomSampler(0))
     for _ in range(3):
         study.enqueue_trial({})

@@ -28,6 +28,7 @@ final sum over slots in slot order reproduces ggml's chain of adds, so slicing t
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -182,10 +183,13 @@ def ffn_fields(moe_layer: bool, experts: bool) -> list[str]:
             *(EXPERT_FIELDS if experts else ())]
 
 
-def layer_arrays(prefix: str, roles: dict, order, loaded, present, get, act):
+def layer_arrays(prefix: str, roles: dict, order, fields: Callable[[bool], list[str]],
+                 experts: bool, get, act):
     """A layer's loaded weights {field: array} and its activation codes [len(order)] int32
-    (ACT_NONE for a field the layer lacks); ``present``: every field it has, streamed or not."""
-    vals = {f: jnp.asarray(get(prefix + roles[f] + ".weight")) for f in loaded}
+    (ACT_NONE for a field the layer lacks); ``fields(experts)``: the layer's fields, the
+    routed experts' included or not (streamed later)."""
+    vals = {f: jnp.asarray(get(prefix + roles[f] + ".weight")) for f in fields(experts)}
+    present = set(fields(True))
     codes = [act(prefix + roles[f] + ".weight") if f in present else C.ACT_NONE for f in order]
     return vals, jnp.asarray(np.array(codes, np.int32))
 

@@ -22,6 +22,7 @@ shared experts (``ffn_*_shexp``, one SwiGLU): y = (moe + shared) + h.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import jax
@@ -157,8 +158,7 @@ def _present(cfg: Config, il: int, experts: bool) -> list[str]:
 def load_layer(cfg: Config, get: Callable, act: Callable, il: int,
                experts: bool = True) -> Layer:
     p = f"blk.{il}."
-    vals, codes = _moe.layer_arrays(p, ROLES, A, _present(cfg, il, experts),
-                                    set(_present(cfg, il, True)), get, act)
+    vals, codes = _moe.layer_arrays(p, ROLES, A, partial(_present, cfg, il), experts, get, act)
     if is_moe_layer(cfg, il) and cfg.has_probs_b:
         vals["probs_b"] = jnp.asarray(get(p + "exp_probs_b.bias"))
     return Layer(**vals, act=codes)

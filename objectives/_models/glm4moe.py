@@ -15,6 +15,7 @@ llama-quantize quantizes them) but the forward stops before them. Shapes as in `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable
 
 import jax
@@ -98,8 +99,7 @@ def _present(cfg: Config, il: int, experts: bool) -> list[str]:
 def load_layer(cfg: Config, get: Callable, act: Callable, il: int,
                experts: bool = True) -> Layer:
     p = f"blk.{il}."
-    vals, codes = _moe.layer_arrays(p, ROLES, A, _present(cfg, il, experts),
-                                    set(_present(cfg, il, True)), get, act)
+    vals, codes = _moe.layer_arrays(p, ROLES, A, partial(_present, cfg, il), experts, get, act)
     if cfg.qkv_bias:
         vals |= {f"b{x}": jnp.asarray(get(f"{p}attn_{x}.bias")) for x in "qkv"}
     if is_moe_layer(cfg, il):

@@ -99,6 +99,27 @@ def _iq2sm(c: _Mix, yes: str, no: str) -> str:
     return yes if c.ftype in ("IQ2_S", "IQ2_M") else no
 
 
+# ------------------------------------------------ ffn_down rules both projects share
+
+_DOWN_LOW = [
+    _r("Q2_K", then="q3_K"),
+    _r("Q2_K_S", then=lambda c: "q4_K" if _first8(c) else None),
+    _r("IQ3_XXS", lambda c: not c.imatrix, lambda c: "q4_K" if _first8(c) else "q3_K"),
+]
+_DOWN_Q3_K_M = _r("Q3_K_M", then=lambda c: "q5_K" if c.i < c.n // 16
+                  else "q4_K" if not _falcon(c) or _umb(c) else "q3_K")
+_DOWN_Q3_K_L = _r("Q3_K_L", then=lambda c: "q4_K" if _falcon(c) else "q5_K")
+_DOWN_Q4_K_M = [
+    _r("Q4_K_M", _falcon, lambda c: "q6_K" if c.i < c.n // 16 else "q5_K" if _umb(c) else "q4_K"),
+    _r("Q4_K_M", then=lambda c: "q6_K" if _umb(c) else None),
+]
+_DOWN_HIGH = [
+    _r("Q5_K_M", _umb, "q6_K"),
+    _r("Q4_K_S", lambda c: not _falcon(c) and _first8(c), "q5_K"),
+    _r("Q4_0", lambda c: c.imatrix and _first8(c), "q4_1"),
+    _r("Q5_0", lambda c: c.imatrix and _first8(c), "q5_1"),
+]
+
 # ---------------------------------------------------------------- mainline rules
 
 _ML_LOW = frozenset("IQ2_XXS IQ2_XS IQ1_S IQ2_S IQ2_M IQ1_M".split())
@@ -124,20 +145,13 @@ _ML_RULES: dict[str, list[_R]] = {
                _r("IQ3_XXS", then="iq2_s")],
     "attn_q": [_r("IQ3_XS", then="iq3_xxs"), _r("IQ3_XXS", then="iq2_s")],
     "ffn_down": [
-        _r("Q2_K", then="q3_K"),
-        _r("Q2_K_S", then=lambda c: "q4_K" if _first8(c) else None),
-        _r("IQ3_XXS", lambda c: not c.imatrix, lambda c: "q4_K" if _first8(c) else "q3_K"),
-        _r("Q3_K_M", then=lambda c: "q5_K" if c.i < c.n // 16
-           else "q4_K" if not _falcon(c) or _umb(c) else "q3_K"),
+        *_DOWN_LOW,
+        _DOWN_Q3_K_M,
         _r("IQ3_M", lambda c: _first8(c) or (c.n_expert == 8 and _umb(c)), "q4_K"),
-        _r("Q3_K_L", then=lambda c: "q4_K" if _falcon(c) else "q5_K"),
-        _r("Q4_K_M", _falcon, lambda c: "q6_K" if c.i < c.n // 16 else "q5_K" if _umb(c) else "q4_K"),
-        _r("Q4_K_M", then=lambda c: "q6_K" if _umb(c) else None),
+        _DOWN_Q3_K_L,
+        *_DOWN_Q4_K_M,
         _r("IQ4_NL IQ4_XS", lambda c: _first8(c) and not c.imatrix, "q5_K"),
-        _r("Q5_K_M", _umb, "q6_K"),
-        _r("Q4_K_S", lambda c: not _falcon(c) and _first8(c), "q5_K"),
-        _r("Q4_0", lambda c: c.imatrix and _first8(c), "q4_1"),
-        _r("Q5_0", lambda c: c.imatrix and _first8(c), "q5_1"),
+        *_DOWN_HIGH,
     ],
     "attn_output": [
         _r("Q3_K_L", _falcon, "q4_K"), _r("*", _falcon),
@@ -266,22 +280,15 @@ _IK_RULES: dict[str, list[_R]] = {
         _r("IQ5_KS", then=lambda c: "iq4_ks" if c.llama3_big else None),
     ],
     "ffn_down": [
-        _r("Q2_K", then="q3_K"),
-        _r("Q2_K_S", then=lambda c: "q4_K" if _first8(c) else None),
-        _r("IQ3_XXS", lambda c: not c.imatrix, lambda c: "q4_K" if _first8(c) else "q3_K"),
+        *_DOWN_LOW,
         _r("IQ3_KT", lambda c: not c.imatrix, lambda c: "iq4_k" if _first8(c) else "iq3_k"),
-        _r("Q3_K_M", then=lambda c: "q5_K" if c.i < c.n // 16
-           else "q4_K" if not _falcon(c) or _umb(c) else "q3_K"),
+        _DOWN_Q3_K_M,
         _r("IQ3_M", lambda c: _first8(c) or (c.n_expert >= 4 and _umb(c)), "iq4_k"),
-        _r("Q3_K_L", then=lambda c: "q4_K" if _falcon(c) else "q5_K"),
+        _DOWN_Q3_K_L,
         _r("IQ3_KL", then=lambda c: "iq4_ks" if _umb(c) else "iq3_k"),
-        _r("Q4_K_M", _falcon, lambda c: "q6_K" if c.i < c.n // 16 else "q5_K" if _umb(c) else "q4_K"),
-        _r("Q4_K_M", then=lambda c: "q6_K" if _umb(c) else None),
+        *_DOWN_Q4_K_M,
         _r("IQ4_NL IQ4_XS IQ4_KS IQ4_KSS", lambda c: _first8(c) and not c.imatrix, "q5_K"),
-        _r("Q5_K_M", _umb, "q6_K"),
-        _r("Q4_K_S", lambda c: not _falcon(c) and _first8(c), "q5_K"),
-        _r("Q4_0", lambda c: c.imatrix and _first8(c), "q4_1"),
-        _r("Q5_0", lambda c: c.imatrix and _first8(c), "q5_1"),
+        *_DOWN_HIGH,
     ],
     "attn_output": [
         _r("Q3_K_L", _falcon, "q4_K"), _r("*", _falcon),

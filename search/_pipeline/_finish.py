@@ -2,7 +2,8 @@
 comparison against every warm start and llama.cpp's nearest default mixes, the exports and
 the report.
 
-    select(plan, study, session)            -> FrozenTrial   best of the top 5 on --select-chunks
+    select(plan, study, session)            -> FrozenTrial   best of the top 5 and the best warm
+                                                             start on --select-chunks
     heldout_rows(spec, plan, m, study, best, session) -> ([row], notes)  one row per recipe
     finish(spec, plan, m, study, session)   -> report (dict, strict JSON, also report.json)
 """
@@ -31,10 +32,11 @@ FLOOR_MARGIN = 0.02  # a best within 2 % of the least-damage recipe's KLD is at 
 
 def select(plan: Plan, study: optuna.Study, session, ui: Ui = SILENT
            ) -> optuna.trial.FrozenTrial:
-    """The final pick: the best ``SELECT_TOP`` distinct recipes re-evaluated on
-    ``--select-chunks`` calibration chunks that no trial saw (the best of many on the trials'
-    chunks is partly luck, which chunks it was chosen on would favour again), the lowest wins.
-    Stored as the study's ``selection``."""
+    """The final pick: the best ``SELECT_TOP`` distinct recipes, and the best warm start if it
+    is not among them, re-evaluated on ``--select-chunks`` calibration chunks that no trial saw
+    (the best of many on the trials' chunks is partly luck, which chunks it was chosen on would
+    favour again; a search result must beat the best baseline on chunks neither was chosen on),
+    the lowest wins. Stored as the study's ``selection``."""
     opts = plan.opts
     fresh = list(range(opts.chunks, min(opts.chunks + opts.select_chunks, session.n_chunks)))
     if opts.pareto or len(fresh) < 2:
@@ -45,7 +47,8 @@ def select(plan: Plan, study: optuna.Study, session, ui: Ui = SILENT
         if t.user_attrs.get("plan_sha") not in seen and "recipe" in t.user_attrs:
             seen.add(t.user_attrs.get("plan_sha"))
             top.append(t)
-    top = top[:SELECT_TOP]
+    warm = [t for t in top if "warm_start" in t.user_attrs]
+    top = top[:SELECT_TOP] + [t for t in warm[:1] if t not in top[:SELECT_TOP]]
     if len(top) < 2:
         return best_trial(study)
     key, n, scored = OBJECTIVES[opts.objective], len(fresh), {}

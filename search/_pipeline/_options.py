@@ -64,7 +64,8 @@ class SearchOptions:
                           flag_only=True)
     pareto: bool = _opt(False, "bytes and KLD as two objectives (no budget filling)", flag_only=True)
     ctx: int = _opt(512, "tokens per chunk", type=int)
-    chunks: int = _opt(8, "calibration chunks per trial", type=int)
+    chunks: int = _opt(16, "calibration chunks per trial (evaluated one forward batch at a "
+                        "time; early stopping decides between batches)", type=int)
     eval_chunks: int = _opt(16, "held-out chunks of the final comparison", type=int)
     select_chunks: int = _opt(16, "calibration chunks no trial saw (after the trials' "
                               "--chunks), on which the best 5 recipes are re-evaluated for the "

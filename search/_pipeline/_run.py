@@ -174,7 +174,7 @@ def objective(spec: Spec, plan: Plan, table: UnitTable, session) -> RecipeObject
         _upload_recipe(trial, spec, recipe, metrics, artifacts)
 
     return RecipeObjective(plan.space, table, plan.budget, session, plan.opts.objective,
-                           stage=2, seed=plan.opts.seed, pareto=plan.opts.pareto,
+                           stage=session.batch, seed=plan.opts.seed, pareto=plan.opts.pareto,
                            chunks=plan.opts.chunks, on_recipe=on_recipe)
 
 

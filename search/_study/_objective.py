@@ -71,7 +71,7 @@ class RecipeObjective:
     budget: int
     evaluator: Evaluator
     objective: str = "kld"
-    stage: int = 2
+    stage: int = 4  # chunks per stage: the evaluator's forward batch, so no stage pads one
     seed: int = 0
     pareto: bool = False
     chunks: int | None = None  # the first ``chunks`` of the evaluator's (default: all)
