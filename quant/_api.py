@@ -249,6 +249,15 @@ def fake_quant(x, type_: str, imatrix=None, target: str = "mainline", device=Non
     return jax.device_put(out.reshape(a.shape), dev)
 
 
+def _empty_aligned(shape: tuple[int, int], align: int = 64) -> np.ndarray:
+    """An uninitialized float32 array whose data starts on an ``align``-byte boundary, so that
+    ``jax.device_put`` on the CPU shares it instead of copying (one copy of every weight)."""
+    n = math.prod(shape) * 4
+    buf = np.empty(n + align, np.uint8)
+    start = -buf.ctypes.data % align
+    return buf[start:start + n].view(np.float32).reshape(shape)
+
+
 def dequantize(data: np.ndarray, type_: str, shape: tuple[int, ...], target: str = "mainline",
                device=None, fma_guard: bool | None = None):
     """Float32 values of ``data`` (uint8, ggml layout) holding a tensor of numpy ``shape``."""
@@ -261,7 +270,7 @@ def dequantize(data: np.ndarray, type_: str, shape: tuple[int, ...], target: str
         jd = _dequant_stage(t.name, target, shape[-1], guard)
     except KernelMissingError:
         return _gguf_dequantize(rows, t.name, shape)
-    out = np.empty((rows.shape[0], shape[-1]), np.float32)
+    out = _empty_aligned((rows.shape[0], shape[-1]))
     s = slice_rows(rows.shape[0], shape[-1], dev.platform)
 
     def work(a, b):

@@ -188,7 +188,7 @@ def layer_arrays(prefix: str, roles: dict, order, fields: Callable[[bool], list[
     """A layer's loaded weights {field: array} and its activation codes [len(order)] int32
     (ACT_NONE for a field the layer lacks); ``fields(experts)``: the layer's fields, the
     routed experts' included or not (streamed later)."""
-    vals = {f: jnp.asarray(get(prefix + roles[f] + ".weight")) for f in fields(experts)}
+    vals = {f: jax.device_put(get(prefix + roles[f] + ".weight")) for f in fields(experts)}
     present = set(fields(True))
     codes = [act(prefix + roles[f] + ".weight") if f in present else C.ACT_NONE for f in order]
     return vals, jnp.asarray(np.array(codes, np.int32))

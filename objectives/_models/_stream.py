@@ -218,8 +218,8 @@ def head_inputs(model, weights: Weights):
     """(config, (output_norm [D], output matrix [V, D], its activation code))."""
     cfg = family(model.arch).config(model)
     name = "token_embd.weight" if cfg.tied else "output.weight"
-    return cfg, (jnp.asarray(weights.get("output_norm.weight")), jnp.asarray(weights.get(name)),
-                 jnp.int32(weights.act(name)))
+    return cfg, (jax.device_put(weights.get("output_norm.weight")),
+                 jax.device_put(weights.get(name)), jnp.int32(weights.act(name)))
 
 
 def expert_routing(model, weights: Weights, chunks: np.ndarray, batch: int = 4,

@@ -160,7 +160,7 @@ def load_layer(cfg: Config, get: Callable, act: Callable, il: int,
     p = f"blk.{il}."
     vals, codes = _moe.layer_arrays(p, ROLES, A, partial(_present, cfg, il), experts, get, act)
     if is_moe_layer(cfg, il) and cfg.has_probs_b:
-        vals["probs_b"] = jnp.asarray(get(p + "exp_probs_b.bias"))
+        vals["probs_b"] = jax.device_put(get(p + "exp_probs_b.bias"))
     return Layer(**vals, act=codes)
 
 

@@ -74,7 +74,7 @@ def load_layer(cfg: Config, get: Callable, act: Callable, il: int) -> Layer:
              "post_attn_norm": p + "post_attention_norm.weight",
              "post_ffn_norm": p + "post_ffw_norm.weight"}
     codes = np.array([act(f"blk.{il}.{r}.weight") for r in LINEARS], np.int32)
-    return Layer(**{k: jnp.asarray(get(n)) for k, n in names.items()}, act=jnp.asarray(codes))
+    return Layer(**{k: jax.device_put(get(n)) for k, n in names.items()}, act=jnp.asarray(codes))
 
 
 def layer_consts(cfg: Config, model, il: int, n_ctx: int):

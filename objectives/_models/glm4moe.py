@@ -19,7 +19,6 @@ from functools import partial
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 
 from quant import UserError
 
@@ -101,9 +100,9 @@ def load_layer(cfg: Config, get: Callable, act: Callable, il: int,
     p = f"blk.{il}."
     vals, codes = _moe.layer_arrays(p, ROLES, A, partial(_present, cfg, il), experts, get, act)
     if cfg.qkv_bias:
-        vals |= {f"b{x}": jnp.asarray(get(f"{p}attn_{x}.bias")) for x in "qkv"}
+        vals |= {f"b{x}": jax.device_put(get(f"{p}attn_{x}.bias")) for x in "qkv"}
     if is_moe_layer(cfg, il):
-        vals["probs_b"] = jnp.asarray(get(p + "exp_probs_b.bias"))
+        vals["probs_b"] = jax.device_put(get(p + "exp_probs_b.bias"))
     return Layer(**vals, act=codes)
 
 

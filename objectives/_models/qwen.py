@@ -59,7 +59,7 @@ def extra_names(cfg: Config, il: int) -> dict[str, str]:
 def load_layer(cfg: Config, get: Callable, act: Callable, il: int) -> Layer:
     names = {**llama.tensor_names(cfg, il), **extra_names(cfg, il)}
     codes = np.array([act(f"blk.{il}.{r}.weight") for r in LINEARS], np.int32)
-    return Layer(**{k: jnp.asarray(get(n)) for k, n in names.items()}, act=jnp.asarray(codes))
+    return Layer(**{k: jax.device_put(get(n)) for k, n in names.items()}, act=jnp.asarray(codes))
 
 
 def layer_consts(cfg: Config, model, il: int, n_ctx: int):
