@@ -45,14 +45,19 @@ class Config:
     softcap: float = 0.0
 
 
-@jax.tree_util.register_dataclass
 @dataclass
-class Layer:
+class Attention:
+    """Attention weights of every llama-like layer (the fields a family's Layer starts with)."""
     attn_norm: jax.Array  # [D]
     wq: jax.Array  # [H*hd, D]
     wk: jax.Array  # [Hkv*hd, D]
     wv: jax.Array  # [Hkv*hd, D]
     wo: jax.Array  # [D, H*hd]
+
+
+@jax.tree_util.register_dataclass
+@dataclass
+class Layer(Attention):
     ffn_norm: jax.Array  # [D]
     w_gate: jax.Array  # [F, D]
     w_up: jax.Array  # [F, D]
@@ -103,7 +108,7 @@ def load_layer(cfg: Config, get: Callable, act: Callable, il: int) -> Layer:
     """get(name) -> f32 array; act(name) -> rounding code."""
     names = tensor_names(cfg, il)
     codes = np.array([act(f"blk.{il}.{r}.weight") for r in LINEARS], np.int32)
-    return Layer(**{k: jnp.asarray(get(n)) for k, n in names.items()}, act=jnp.asarray(codes))
+    return Layer(**{k: jax.device_put(get(n)) for k, n in names.items()}, act=jnp.asarray(codes))
 
 
 def layer_consts(cfg: Config, model, il: int, n_ctx: int) -> tuple[np.ndarray, int]:

@@ -41,12 +41,7 @@ class Config(qwen.Config):
 
 @jax.tree_util.register_dataclass
 @dataclass
-class Layer:
-    attn_norm: jax.Array  # [D]
-    wq: jax.Array  # [H*hd, D]
-    wk: jax.Array  # [Hkv*hd, D]
-    wv: jax.Array  # [Hkv*hd, D]
-    wo: jax.Array  # [D, H*hd]
+class Layer(llama.Attention):
     q_norm: jax.Array  # [hd]
     k_norm: jax.Array  # [hd]
     ffn_norm: jax.Array  # [D]
@@ -100,7 +95,7 @@ def load_layer(cfg: Config, get: Callable, act: Callable, il: int,
     if experts:
         names |= {"w_gate_exps": "ffn_gate_exps", "w_up_exps": "ffn_up_exps",
                   "w_down_exps": "ffn_down_exps"}
-    return Layer(**{k: jnp.asarray(get(p + n + ".weight")) for k, n in names.items()},
+    return Layer(**{k: jax.device_put(get(p + n + ".weight")) for k, n in names.items()},
                  act=act_codes(act, il))
 
 
