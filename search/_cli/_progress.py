@@ -18,13 +18,14 @@ class StageBar:
 
         if stage != self.stage:
             self.close()
+            # a log file (not a terminal) gets a line every few seconds, not one per update
+            every = 0.1 if sys.stderr.isatty() else 5.0
             self.bar = tqdm(total=total or None, desc=stage, leave=False, file=sys.stderr,
-                            dynamic_ncols=True)
+                            dynamic_ncols=True, mininterval=every)
             self.stage = stage
         if total and self.bar.total != total:
             self.bar.total = total
-        self.bar.n = done
-        self.bar.refresh()
+        self.bar.update(done - self.bar.n)
 
     def status(self, stage: str, text: str) -> None:
         if self.enabled and self.bar is not None and stage == self.stage:
