@@ -85,6 +85,10 @@ class EvalSession:
             self._last = CachedWeights(self.model, plan, self.cache, self.act_round)
         return self._last
 
+    def release(self) -> None:
+        """Drop the last plan's weights (the next ``run`` loads its plan again)."""
+        self._last = None
+
     def run(self, plan: dict[str, str], chunk_ids: Sequence[int]) -> list[ChunkStats]:
         ids = list(chunk_ids)
         base = self._base_of(ids)

@@ -86,12 +86,16 @@ class Measurement:
 
 def evaluate_staged(session, plan: dict[str, str], chunks: list[int], tick=None) -> dict:
     """``session``'s figures of ``plan`` on ``chunks``, a batch of chunks at a time;
-    ``tick(n)`` after each batch (a bar that moves every few seconds)."""
+    ``tick(n)`` after each batch (a bar that moves every few seconds). The plan's weights are
+    released at the end: another session's plan must not find them still resident."""
     stats, step = [], max(1, getattr(session, "batch", 4))
-    for i in range(0, len(chunks), step):
-        stats += session.run(plan, chunks[i:i + step])
-        if tick:
-            tick(len(stats))
+    try:
+        for i in range(0, len(chunks), step):
+            stats += session.run(plan, chunks[i:i + step])
+            if tick:
+                tick(len(stats))
+    finally:
+        getattr(session, "release", lambda: None)()
     return session.summarize(stats)
 
 
