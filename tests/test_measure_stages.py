@@ -148,6 +148,9 @@ class FakeSession:
     def summarize(self, stats):
         return {"kld_mean": self.more[stats[0]]}
 
+    def release(self):
+        pass
+
 
 def study_with(values: dict[str, float]) -> optuna.Study:
     study = optuna.create_study()

@@ -95,7 +95,7 @@ def evaluate_staged(session, plan: dict[str, str], chunks: list[int], tick=None)
             if tick:
                 tick(len(stats))
     finally:
-        getattr(session, "release", lambda: None)()
+        session.release()
     return session.summarize(stats)
 
 
