@@ -159,6 +159,28 @@ def test_a_whole_search_with_two_workers_writes_strict_json(tiny, tiny_study):
     assert "ik" not in script.replace("llama-quantize", "")
 
 
+@pytest.mark.parametrize("warm_kld, says", [
+    (0.110, "by more than the uncertainty"),  # 0.010 lower, ± 0.0014 combined
+    (0.1005, "but within the uncertainty of 'milp-prior'"),  # 0.0005 lower: a tie
+])
+def test_the_summary_says_whether_the_win_over_the_nearest_warm_start_is_real(
+        tiny_study, tmp_path, capsys, warm_kld, says):
+    """'beats every warm start' only when the nearest warm start is worse by more than the two
+    figures' combined uncertainty; a lower but tied result is called a tie."""
+    from search._cli import main
+
+    report = _strict(tiny_study["stdout"])
+    best = {**report["comparison"][0], "kld_mean": 0.100, "kld_err": 0.001}
+    warm = {**best, "name": "warm: milp-prior", "kld_mean": warm_kld}
+    far = {**best, "name": "warm: cossim", "kld_mean": 0.5}
+    report |= {"comparison": [best, far, warm], "beats_every_warm_start": True,
+               "at_floor": False, "best_is_warm_start": None}
+    (tmp_path / "t").mkdir()
+    (tmp_path / "t" / "report.json").write_text(json.dumps(report))
+    assert main(["report", "--study", "t", "--studies-dir", str(tmp_path)]) == 0
+    assert says in capsys.readouterr().out
+
+
 def test_the_written_gguf_holds_the_recipe_and_the_cache_values(tiny, tiny_study):
     import numpy as np
 

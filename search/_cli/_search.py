@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shlex
 
 from .._pipeline import merge, run_search
@@ -66,11 +67,17 @@ def _verdict(s: dict) -> list[str]:
     if s.get("best_is_warm_start"):
         return [f"The best recipe is the warm start '{s['best_is_warm_start']}': no trial beat "
                 "it on the calibration chunks."]
-    if s["beats_every_warm_start"]:
-        return ["The best recipe beats every warm start on the held-out text."]
     warm = [r for r in s["comparison"][1:] if "warm: " in r["name"]]
     w = min(warm, key=lambda r: r["kld_mean"])
     best = s["comparison"][0]
+    if s["beats_every_warm_start"]:
+        err = math.hypot(best["kld_err"], w["kld_err"])
+        if w["kld_mean"] - best["kld_mean"] > err:
+            return ["The best recipe beats every warm start on the held-out text, the nearest "
+                    f"('{w['name'][6:]}', {w['kld_mean']:.5f}) by more than the uncertainty."]
+        return [f"The best recipe is lower than every warm start on the held-out text, but "
+                f"within the uncertainty of '{w['name'][6:]}' ({best['kld_mean']:.5f} vs "
+                f"{w['kld_mean']:.5f}, ± {err:.5f} combined)."]
     return [f"On the held-out text the warm start '{w['name'][6:]}' is as low or lower "
             f"({w['kld_mean']:.5f} vs {best['kld_mean']:.5f}, ± {best['kld_err']:.5f}): the "
             "trials found no recipe measurably better than it; more --trials or --chunks may."]
