@@ -14,8 +14,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
+from quant import UserError
 from search import SearchOptions, default_of, merge, open_storage, option_fields
 
 
@@ -224,8 +226,11 @@ def _wait(url: str, name: str, proc, timeout: float = 600):
     while time.time() < end and proc.poll() is None:
         if ready():
             os.kill(proc.pid, signal.SIGSTOP)
-            if ready():
-                return
+            try:
+                if ready():
+                    return
+            except (UserError, sqlalchemy.exc.OperationalError):
+                pass  # stopped inside a SQLite write: it holds the lock; let it go on, look again
             os.kill(proc.pid, signal.SIGCONT)
         time.sleep(0.05)
     raise AssertionError(f"no running trial after a complete one (exit {proc.poll()})")
