@@ -1,6 +1,8 @@
 """Quantize each (tensor, type) once per study: packed bytes in memory and on disk.
 
-    packed(name, type)  uint8 [R, row_bytes]  quant.quantize of the tensor's float32 values
+    packed(name, type)  uint8 [R, row_bytes]  quant.quantize of the tensor's float32 values, or
+                                              the stored bytes when ``type`` is the stored type
+                                              (llama-quantize copies such a tensor, both projects)
     values(name, type)  f32, tensor shape     quant.dequantize of the packed bytes (jitted)
     error(name, type)   float                 sum_j qw_j * sum_rows (W - Q(W))_rj^2: the output
                                               error energy E||(W - Q(W)) x||^2 for activations of
@@ -43,7 +45,8 @@ SLICE_BYTES = 1 << 30  # float32 bytes of experts quantized at once
 
 class QuantCache:
     def __init__(self, model: GGUFModel, target: str,
-                 imatrix: dict[str, np.ndarray] | None = None, cache_dir: str | Path | None = None):
+                 imatrix: dict[str, np.ndarray] | None = None,
+                 cache_dir: str | Path | None = None):
         self.model, self.target, self.imatrix = model, target, imatrix or {}
         key = json.dumps([model.identity()["sha256_header_and_heads"], target,
                           imatrix_sha(imatrix), tool_version()])
@@ -65,6 +68,9 @@ class QuantCache:
         return self._mem[key]
 
     def _load_or_quantize(self, name: str, type_: str, mmap_mode: str | None = None) -> np.ndarray:
+        if type_ == self.model.tensors[name].qtype.name:
+            # llama-quantize: "quantize = cur_type != new_type"; the file keeps these bytes
+            return self.model.raw(name)
         path = self._path(name, type_)
         if path is not None and path.is_file():
             return np.load(path, mmap_mode=mmap_mode)
@@ -96,7 +102,7 @@ class QuantCache:
         """Float32 values of experts e0..e1-1 of a 3-D tensor at ``type_`` (only those rows
         are dequantized).  # [e1-e0, ne1, ne0]"""
         shape = self.model.tensors[name].shape
-        rows = self.packed(name, type_)[e0 * shape[1]:e1 * shape[1]]
+        rows = self._stored(name, type_)[e0 * shape[1]:e1 * shape[1]]
         return quant.dequantize(rows, type_, (e1 - e0, *shape[1:]), self.target)
 
     def _source(self, name: str) -> np.ndarray:
@@ -114,9 +120,14 @@ class QuantCache:
         for key in [k for k in self._mem if k[0] == name]:
             del self._mem[key]
 
+    def _stored(self, name: str, type_: str) -> np.ndarray:
+        """Packed bytes for dequantization: memory-mapped from disk when there is a cache
+        folder, so a study's trials do not accumulate every type of every tensor in memory."""
+        return self.packed(name, type_, keep=self.dir is None)
+
     def values(self, name: str, type_: str) -> np.ndarray:
         shape = self.model.tensors[name].shape
-        return quant.dequantize(self.packed(name, type_), type_, shape, self.target)
+        return quant.dequantize(self._stored(name, type_), type_, shape, self.target)
 
     def error(self, name: str, type_: str, qw: np.ndarray | None = None) -> float:
         """``qw`` weights the columns when the imatrix has no entry for this tensor (the

@@ -74,6 +74,7 @@ class EvalSession:
         self.cache = QuantCache(model, target, imatrix, Path(cache_dir) / "quant" if cache_dir
                                 else None)
         self._last: CachedWeights | None = None
+        self._last_plan: dict[str, str] = {}
 
     def _base_of(self, ids: Sequence[int]) -> BaseStats:
         rows = np.concatenate([np.arange(c * self.S, (c + 1) * self.S) for c in ids])
@@ -81,8 +82,9 @@ class EvalSession:
 
     def weights(self, plan: dict[str, str]) -> CachedWeights:
         """The plan's weights; the last plan's are reused (the stages of one trial)."""
-        if self._last is None or self._last.recipe != plan:
+        if self._last is None or self._last_plan != plan:
             self._last = CachedWeights(self.model, plan, self.cache, self.act_round)
+            self._last_plan = dict(plan)
         return self._last
 
     def release(self) -> None:

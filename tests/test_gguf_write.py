@@ -25,6 +25,7 @@ from objectives._qcache import QuantCache
 
 WRITE = FIXTURES / "write"
 LLAMA_Q4_K_M = WRITE / "tiny-llama.Q4_K_M.gguf"
+LLAMA_REQUANT = WRITE / "tiny-llama.Q4_K_M.requant-Q5_0.gguf"  # from LLAMA_Q4_K_M, see README
 IK_RECIPE = {"blk.0.ffn_down.weight": "iq4_ks", "blk.1.ffn_down.weight": "iq4_ks",
              "blk.0.attn_q.weight": "q8_0", "blk.1.attn_k.weight": "q4_0"}
 FILE_TYPE = {"mainline": 15, "ik": 145}  # llama.h: LLAMA_FTYPE_MOSTLY_Q4_K_M; ik: ..._IQ4_KS
@@ -81,6 +82,29 @@ def _imatrix_kvs(int_fmt: str, int_type: int) -> list[tuple[str, bytes]]:
 def test_mainline_file_is_llama_quantizes_file(written):
     *_, (path,) = written("mainline")
     assert path.read_bytes() == LLAMA_Q4_K_M.read_bytes()
+
+
+def test_requantized_file_is_llama_quantizes_file(tmp_path):
+    """From a quantized input: tensors already at the requested type are copied (llama-quantize
+    skips them: `quantize = cur_type != new_type`), the others re-quantized from their
+    dequantized values. Re-quantizing the copied ones would change 12 of them."""
+    model, ref = open_gguf(LLAMA_Q4_K_M), open_gguf(LLAMA_REQUANT)
+    im = read_imatrix(WRITE / "tiny-imatrix.gguf")
+    recipe = {n: t.qtype.name for n, t in ref.tensors.items()}
+    cache = QuantCache(model, "mainline", im.for_quantizer(model))
+    (path,) = write_quantized(model, recipe, cache.packed, tmp_path / "requant.gguf", "mainline",
+                              8, imatrix_meta=_imatrix_meta())  # LLAMA_FTYPE_MOSTLY_Q5_0
+    assert path.read_bytes() == LLAMA_REQUANT.read_bytes()
+
+
+@pytest.mark.parametrize("target", ["mainline", "ik"])
+def test_a_tensor_at_its_stored_type_keeps_its_bytes_and_costs_no_error(target):
+    model = open_gguf(LLAMA_Q4_K_M)
+    cache = QuantCache(model, target)
+    for name, t in model.tensors.items():
+        np.testing.assert_array_equal(cache.packed(name, t.qtype.name), model.raw(name))
+        assert cache.error(name, t.qtype.name) == 0.0
+    assert cache.error("blk.1.ffn_down.weight", "q4_K") > 0.0
 
 
 @pytest.mark.parametrize("target", ["mainline", "ik"])

@@ -37,3 +37,26 @@ def test_second_cache_reads_from_disk(model, tmp_path, monkeypatch):
     monkeypatch.setattr(quant, "quantize", lambda *a, **k: pytest.fail("quantized again"))
     again = QuantCache(model, "mainline", None, tmp_path / "c").packed("token_embd.weight", "q4_0")
     np.testing.assert_array_equal(first, again)
+
+
+def test_values_of_a_disk_cache_are_not_held_in_memory(model, tmp_path):
+    """A study's trials read many types of every tensor: with a cache folder the packed bytes
+    are memory-mapped for each dequantization, not accumulated."""
+    cache = QuantCache(model, "mainline", None, tmp_path / "c")
+    ref = quant.fake_quant(model.f32("token_embd.weight"), "q4_0")
+    np.testing.assert_array_equal(cache.values("token_embd.weight", "q4_0"), ref)
+    assert cache._mem == {}
+    assert (cache.dir / "token_embd.weight.q4_0.npy").is_file()
+
+
+def test_a_recipe_at_the_stored_types_evaluates_the_file_itself():
+    """llama-quantize copies such tensors; the fake-quant path must not re-quantize them."""
+    from conftest import FIXTURES
+    from objectives._models._stream import Weights
+
+    m = open_gguf(FIXTURES / "write" / "tiny-llama.Q4_K_M.gguf")
+    names = [t.name for t in m.quantizable("mainline")]
+    kept = Weights(m, recipe={n: m.tensors[n].qtype.name for n in names})
+    assert kept.recipe == {}
+    moved = Weights(m, recipe={n: "q8_0" for n in names})
+    assert set(moved.recipe) == {n for n in names if m.tensors[n].qtype.name != "q8_0"}

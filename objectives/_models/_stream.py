@@ -94,14 +94,17 @@ class Weights:
 
 
 def _resolved(model, recipe: dict, target: str) -> dict[str, str]:
-    """Recipe types after llama-quantize's shape fallback (what the file would really hold)."""
+    """Recipe types after llama-quantize's shape fallback (what the file would really hold),
+    without the tensors it keeps as stored."""
     from quant import resolve
 
     unknown = sorted(set(recipe) - set(model.tensors))
     if unknown:
         raise UserError(f"the recipe names tensors the model does not have: {unknown[:3]}: "
                         "check the tensor names against the model")
-    return {n: resolve(t, model.tensors[n].shape, target) for n, t in recipe.items()}
+    out = {n: resolve(t, model.tensors[n].shape, target) for n, t in recipe.items()}
+    # a tensor already at its type is copied by llama-quantize: the file's own values
+    return {n: t for n, t in out.items() if t != model.tensors[n].qtype.name}
 
 
 def _layer_step(fam, cfg, f16_kv, p, x, rope, window):

@@ -136,11 +136,13 @@ def _forward(r: Rates, n_chunks: int) -> float:
 
 
 def _entries(spec: Spec) -> list[tuple[int, str, int]]:
-    """(weights, written type, row length) of every (tensor, type) the measurement quantizes."""
+    """(weights, written type, row length) of every (tensor, type) the measurement quantizes;
+    a tensor's own stored type is copied, not quantized."""
     out = []
     for t in spec.model.quantizable(spec.opts.target):
         for w in tensor_options(t, spec.opts.target, list(spec.types)):
-            out.append((t.n_elements, w, t.shape[-1]))
+            if w != t.qtype.name:
+                out.append((t.n_elements, w, t.shape[-1]))
     return out
 
 
@@ -170,7 +172,7 @@ def estimate(spec: Spec, r: Rates) -> Estimate:
     d = m.hparams().n_embd
     scored = ctx_scored(o.ctx)
     logits = 3 * r.batch * scored * m.hparams().n_vocab * 4
-    hidden = spec.calib_chunks * o.ctx * d * 4 + (spec.calib_chunks + o.eval_chunks) * scored * d * 4
+    hidden = (spec.calib_chunks * o.ctx + (spec.calib_chunks + o.eval_chunks) * scored) * d * 4
     biggest = max(t.n_elements for t in m.quantizable(o.target))
     memo = 4 * m.n_elements if 4 * m.n_elements < (4 << 30) else 0
     host = BASE_MEMORY + max(logits + hidden + memo + _layer_bytes(spec), 16 * biggest)
