@@ -285,6 +285,16 @@ class GGUFModel:
         t = self.tensors[name]
         return np.asarray(dequantize(self.raw(name), t.qtype.name, t.shape), dtype=np.float32)
 
+    def f32_rows(self, name: str, start: int, stop: int) -> np.ndarray:
+        """Rows start..stop-1 of the tensor's [n_rows, ne0] view as float32 (only those rows
+        are read and dequantized)."""
+        from quant import dequantize
+
+        t = self.tensors[name]
+        rows = self.raw(name)[start:stop]
+        return np.asarray(dequantize(rows, t.qtype.name, (len(rows), t.shape[-1])),
+                          dtype=np.float32)
+
     def f32_experts(self, name: str, start: int, stop: int) -> np.ndarray:
         """Experts start..stop-1 of a 3-D tensor as float32 [stop-start, ne1, ne0] (only their
         rows are read and dequantized)."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import ml_dtypes
@@ -131,15 +132,22 @@ class QuantCache:
 
     def error(self, name: str, type_: str, qw: np.ndarray | None = None) -> float:
         """``qw`` weights the columns when the imatrix has no entry for this tensor (the
-        output head's inputs, which llama-imatrix does not collect for tied embeddings)."""
-        w = self._source(name)
-        w = w.reshape(-1, w.shape[-1])
-        q, col = self.packed(name, type_), np.zeros(w.shape[1])
-        step = max(1, _ERROR_SLICE // w.shape[1])  # rows at a time: float64 temporaries bounded
-        for a in range(0, w.shape[0], step):
-            part = np.asarray(w[a:a + step], np.float32)
-            d = (part - quant.dequantize(q[a:a + step], type_, part.shape, self.target)).astype(
-                np.float64)
-            col += (d * d).sum(axis=0)
+        output head's inputs, which llama-imatrix does not collect for tied embeddings). An
+        imatrix of one row per expert weights each expert's rows by its own row."""
+        t = self.model.tensors[name]
         qw = self.imatrix.get(name, qw)
-        return float(col @ (np.asarray(qw, np.float64) if qw is not None else np.ones_like(col)))
+        ne0, n_rows = t.shape[-1], math.prod(t.shape[:-1])
+        groups = 1 if qw is None or np.size(qw) == ne0 else t.shape[0]
+        per = n_rows // groups
+        q, col = self.packed(name, type_, keep=False), np.zeros((groups, ne0))
+        step = max(1, _ERROR_SLICE // ne0)  # rows at a time: float64 temporaries bounded
+        a = 0
+        while a < n_rows:
+            b = min(a + step, (a // per + 1) * per)  # a slice never crosses an expert
+            part = self.model.f32_rows(name, a, b)
+            d = (part - quant.dequantize(q[a:b], type_, part.shape, self.target)).astype(
+                np.float64)
+            col[a // per] += (d * d).sum(axis=0)
+            a = b
+        w = np.ones_like(col) if qw is None else np.asarray(qw, np.float64).reshape(groups, ne0)
+        return float((col * w).sum())

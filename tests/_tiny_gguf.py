@@ -17,7 +17,11 @@ normalized and scaled by 2.5, YaRN factor 40) and deepseek2-kvb (the older attn_
 plain attn_q, softmax routing, 8 experts top-2, two shared experts, no scaling, no YaRN),
 glm4moe (GLM-4.5-Air shaped: q/k/v biases, RoPE on half of each head, post_attention_norm as the
 FFN norm, one leading dense layer, sigmoid routing with exp_probs_b, a shared expert, and a
-NextN/MTP block after the two trunk layers, which llama.cpp loads but does not run).
+NextN/MTP block after the two trunk layers, which llama.cpp loads but does not run), gpt-oss
+(gpt-oss-20b's keys: 3 layers, a window of 8 on layers 0 and 2, layer 1 global, attention sinks,
+q/k/v/o biases, YaRN factor 32 from 4096, 16 experts top-4 with SOFTMAX_WEIGHT routing, router
+and expert biases, swiglu_oai experts reaching its clamps, untied output) and gpt-oss-mxfp4
+(gpt-oss's values, experts stored as mxfp4 as the real model ships them).
 """
 
 from __future__ import annotations
@@ -28,12 +32,17 @@ import gguf
 import numpy as np
 
 ARCHS = ("llama", "llama-quant", "qwen2", "qwen3", "gemma3", "mistral3", "qwen3moe",
-         "qwen3moe-quant", "deepseek2", "deepseek2-kvb", "glm4moe")
-MOE = ("qwen3moe", "qwen3moe-quant", "deepseek2", "deepseek2-kvb", "glm4moe")
+         "qwen3moe-quant", "deepseek2", "deepseek2-kvb", "glm4moe", "gpt-oss", "gpt-oss-mxfp4")
+MOE = ("qwen3moe", "qwen3moe-quant", "deepseek2", "deepseek2-kvb", "glm4moe", "gpt-oss",
+       "gpt-oss-mxfp4")
 TEXT_SEED = 7
-_GGUF_ARCH = {"llama-quant": "llama", "qwen3moe-quant": "qwen3moe", "deepseek2-kvb": "deepseek2"}
-_SAME_VALUES = {"llama-quant": "llama", "qwen3moe-quant": "qwen3moe"}  # seed of the values
-_QUANT_MOE = {"ffn_gate_exps": "Q8_0", "ffn_up_exps": "Q4_0", "ffn_down_exps": "Q5_0"}
+_GGUF_ARCH = {"llama-quant": "llama", "qwen3moe-quant": "qwen3moe", "deepseek2-kvb": "deepseek2",
+              "gpt-oss-mxfp4": "gpt-oss"}
+_SAME_VALUES = {"llama-quant": "llama", "qwen3moe-quant": "qwen3moe",  # seed of the values
+                "gpt-oss-mxfp4": "gpt-oss"}
+_QUANT_MOE = {  # variant -> stored type of its experts
+    "qwen3moe-quant": {"ffn_gate_exps": "Q8_0", "ffn_up_exps": "Q4_0", "ffn_down_exps": "Q5_0"},
+    "gpt-oss-mxfp4": dict.fromkeys(("ffn_gate_exps", "ffn_up_exps", "ffn_down_exps"), "MXFP4")}
 _QUANT = {"attn_q": "Q8_0", "attn_k": "Q4_0", "attn_v": "Q4_1", "attn_output": "Q5_0",
           "ffn_gate": "Q4_0", "ffn_up": "Q8_0", "ffn_down": "TQ2_0"}
 D, H, HKV, HD, FF, N_LAYER = 64, 4, 2, 16, 256, 2
@@ -155,6 +164,8 @@ def moe_shape(arch: str) -> dict:
     (glm4moe: n_layer counts the NextN block)."""
     if arch == "glm4moe":
         return dict(n_layer=3, n_expert=16, n_used=4, n_shared=1, groups=0, groups_used=0)
+    if arch.startswith("gpt-oss"):
+        return dict(n_layer=3, n_expert=16, n_used=4, n_shared=0, groups=0, groups_used=0)
     if arch.startswith("qwen3moe"):
         return dict(n_layer=N_LAYER, n_expert=E_QWEN, n_used=K_QWEN, n_shared=0, groups=0,
                     groups_used=0)
@@ -175,6 +186,9 @@ def _moe_hparams(w: gguf.GGUFWriter, arch: str) -> None:
     f32("attention.layer_norm_rms_epsilon", 1e-6)
     if a == "glm4moe":
         _glm4moe_hparams(w, s)
+        return
+    if a == "gpt-oss":
+        _gpt_oss_hparams(w)
         return
     if a == "qwen3moe":
         u32("context_length", 256)
@@ -246,6 +260,38 @@ def _glm4moe_layer(rng, il: int) -> dict[str, np.ndarray]:
     return t
 
 
+def _gpt_oss_hparams(w: gguf.GGUFWriter) -> None:
+    """gpt-oss-20b's keys (YaRN factor 32 from 4096, sliding window) at the tiny sizes."""
+    for k, v in dict(context_length=4096 * 32, feed_forward_length=FF_EXP,
+                     **{"attention.head_count_kv": HKV, "attention.key_length": HD,
+                        "attention.value_length": HD, "attention.sliding_window": 8,
+                        "rope.scaling.original_context_length": 4096}).items():
+        w.add_uint32(f"gpt-oss.{k}", v)
+    w.add_float32("gpt-oss.rope.freq_base", 150000.0)
+    w.add_string("gpt-oss.rope.scaling.type", "yarn")
+    w.add_float32("gpt-oss.rope.scaling.factor", 32.0)
+
+
+def _gpt_oss_layer(rng) -> dict[str, np.ndarray]:
+    """qwen2's attention (q, k halved: YaRN scales both by 1.35, and sharper scores would lift
+    llama.cpp's own f16 K/V noise, -fa on against off, above the test's tolerance) plus an
+    output bias and sinks; experts with biases, gate / up wide enough to reach swiglu_oai's
+    clamps at +-7 (down narrow to keep the FFN's gain); router scales under which llama.cpp
+    picks our experts in our order for every token (fixtures README)."""
+    n = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
+    t = _layer_tensors("qwen2", rng)
+    t["post_attention_norm"] = t.pop("ffn_norm")
+    t["attn_q"], t["attn_k"] = t["attn_q"] / 2, t["attn_k"] / 2
+    for k in ("ffn_gate", "ffn_up", "ffn_down"):
+        del t[k]
+    e = 16
+    return t | {"attn_output.bias": n(D) / 8, "attn_sinks": n(H),
+                "ffn_gate_inp": n(e, D) * 3 / 16, "ffn_gate_exps": n(e, FF_EXP, D) * 3 / 8,
+                "ffn_up_exps": n(e, FF_EXP, D) * 3 / 8, "ffn_down_exps": n(e, D, FF_EXP) / 64,
+                "ffn_gate_inp.bias": n(e) * 5 / 4, "ffn_gate_exps.bias": n(e, FF_EXP) / 4,
+                "ffn_up_exps.bias": n(e, FF_EXP) / 4, "ffn_down_exps.bias": n(e, D) / 8}
+
+
 def _experts(rng, e: int, ff: int) -> dict[str, np.ndarray]:
     n = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
     return {"ffn_gate_inp": n(e, D) / 8, "ffn_gate_exps": n(e, ff, D) / 8,
@@ -296,11 +342,11 @@ def _write_moe(path: Path, arch: str) -> Path:
     _add(w, "output.weight", rng.standard_normal((n_vocab, D)).astype(np.float32) / 4, None)
     for il in range(moe_shape(arch)["n_layer"]):
         layer = _qwen3moe_layer(rng) if a == "qwen3moe" else _glm4moe_layer(rng, il) \
-            if a == "glm4moe" else _deepseek2_layer(rng, arch, il)
+            if a == "glm4moe" else _gpt_oss_layer(rng) if a == "gpt-oss" \
+            else _deepseek2_layer(rng, arch, il)
         for role, x in layer.items():
             name = f"blk.{il}.{role}" + ("" if role.endswith(".bias") else ".weight")
-            _add(w, name, np.asarray(x, np.float32),
-                 _QUANT_MOE.get(role) if arch.endswith("-quant") else None)
+            _add(w, name, np.asarray(x, np.float32), _QUANT_MOE.get(arch, {}).get(role))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()

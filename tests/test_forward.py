@@ -43,7 +43,7 @@ def _max_err(ours, ref):
 
 
 def test_unknown_architecture_lists_supported():
-    supported = "deepseek2, gemma3, glm4moe, llama, mistral3, qwen2, qwen3, qwen3moe"
+    supported = "deepseek2, gemma3, glm4moe, gpt-oss, llama, mistral3, qwen2, qwen3, qwen3moe"
     with pytest.raises(UserError, match=f"supported: {supported}"):
         family("mamba")
 

@@ -60,3 +60,16 @@ def test_a_recipe_at_the_stored_types_evaluates_the_file_itself():
     assert kept.recipe == {}
     moved = Weights(m, recipe={n: "q8_0" for n in names})
     assert set(moved.recipe) == {n for n in names if m.tensors[n].qtype.name != "q8_0"}
+
+
+def test_error_of_experts_weights_each_expert_by_its_own_imatrix_row(tiny_model):
+    """A 3-D expert tensor's imatrix has one row per expert (llama-imatrix's layout)."""
+    m = open_gguf(tiny_model("qwen3moe-quant"))  # experts stored quantized: rows dequantized
+    name = "blk.0.ffn_down_exps.weight"
+    e, rows, ne0 = m.tensors[name].shape
+    qw = np.random.default_rng(1).uniform(0.1, 3.0, (e, ne0)).astype(np.float32)
+    cache = QuantCache(m, "mainline", {name: qw})
+    w = m.f32(name)
+    d = (w - cache.values(name, "q4_0")).astype(np.float64)
+    want = float(sum((d[i] ** 2).sum(0) @ qw[i] for i in range(e)))
+    assert cache.error(name, "q4_0") == pytest.approx(want, rel=1e-9)

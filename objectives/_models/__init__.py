@@ -2,9 +2,10 @@
 
 A family module provides ``ARCHS``, ``LINEARS``, a frozen ``Config`` (``config(model)``), a
 registered-dataclass ``Layer`` (``load_layer(cfg, get, act, il)``), ``layer_consts(cfg, model,
-il, n_ctx) -> (rope table, window)`` and ``forward_layer(cfg, layer, x, rope, window, f16_kv)``. Mixture-of-experts families add
-``is_moe_layer(cfg, il)``, ``expert_names(cfg, il)``, ``load_layer(..., experts=False)``,
-``forward_pre`` and ``forward_post`` (``_stream`` runs the experts of a layer in slices).
+il, n_ctx) -> (rope table, window)`` and ``forward_layer(cfg, layer, x, rope, window,
+f16_kv)``. Mixture-of-experts families add ``is_moe_layer(cfg, il)``, ``expert_names(cfg,
+il)``, ``load_layer(..., experts=False)``, ``forward_pre`` and ``forward_post`` (``_stream``
+runs the experts of a layer in slices).
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from types import ModuleType
 
 from quant import UserError
 
-from . import deepseek2, gemma3, glm4moe, llama, qwen, qwen3moe
+from . import deepseek2, gemma3, glm4moe, gpt_oss, llama, qwen, qwen3moe
 
 FAMILIES: dict[str, ModuleType] = {a: m for m in (llama, qwen, gemma3, qwen3moe, deepseek2,
-                                                  glm4moe) for a in m.ARCHS}
+                                                  glm4moe, gpt_oss) for a in m.ARCHS}
 
 
 def family(arch: str) -> ModuleType:

@@ -6,8 +6,9 @@
     rope_neox(x [B, T, H, hd], table)           -> same; rotates pairs (i, i + n_rot/2)
     rope_table_yarn(T, n_rot, base, Yarn)       -> f32 [T, n_rot/2, 2]: ggml_rope_cache_init with
                                                    YaRN (ramped interpolation, magnitude scale)
-    attention(q [B, T, H, hd], k, v [B, T, Hkv, hd], window, ...) -> [B, T, H*hd]
-                                                   causal, GQA; window <= 0: no window
+    attention(q [B, T, H, hd], k, v [B, T, Hkv, hd], window, ..., sinks [H]) -> [B, T, H*hd]
+                                                   causal, GQA; window <= 0: no window; sinks:
+                                                   a logit per head joining each softmax
     linear(x [..., n_in], w [n_out, n_in], act) -> [..., n_out]; x rounded first as ggml's CPU
                                                    matmul rounds it (``act``, see ACT_*); while
                                                    ``TAP`` is a list, (w, x) is appended to it
@@ -93,8 +94,9 @@ def round_f16(x):
     return x.astype(jnp.float16).astype(jnp.float32)
 
 
-def attention(q, k, v, window, scale: float, f16_kv: bool):
-    """Causal softmax attention; keys older than ``window`` positions masked when window > 0."""
+def attention(q, k, v, window, scale: float, f16_kv: bool, sinks=None):
+    """Causal softmax attention; keys older than ``window`` positions masked when window > 0.
+    ``sinks`` [H]: per-head logits in each row's softmax that attend to nothing (gpt-oss)."""
     b, t, h, hd = q.shape
     if f16_kv:  # llama.cpp keeps K/V in an f16 cache and rounds Q to f16 for the K·Q product
         q, k, v = round_f16(q), round_f16(k), round_f16(v)
@@ -103,7 +105,12 @@ def attention(q, k, v, window, scale: float, f16_kv: bool):
     s = jnp.einsum("bqhd,bkhd->bhqk", q, k, precision=HIGHEST) * scale  # [B, H, T, T]
     qi, ki = jnp.arange(t)[:, None], jnp.arange(t)[None, :]
     keep = (ki <= qi) & ((window <= 0) | (qi - ki < window))
-    p = jax.nn.softmax(jnp.where(keep, s, -jnp.inf), axis=-1)
+    s = jnp.where(keep, s, -jnp.inf)
+    if sinks is None:
+        p = jax.nn.softmax(s, axis=-1)
+    else:
+        sink = jnp.broadcast_to(sinks[None, :, None, None], (b, h, t, 1))
+        p = jax.nn.softmax(jnp.concatenate([s, sink], axis=-1), axis=-1)[..., :t]
     o = jnp.einsum("bhqk,bkhd->bqhd", p, v, precision=HIGHEST)
     return o.reshape(b, t, h * v.shape[-1])  # [B, T, H*hd]
 

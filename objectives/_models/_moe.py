@@ -1,21 +1,26 @@
 """Mixture-of-experts FFN shared by the MoE families (llama.cpp's build_moe_ffn, CPU backend).
 
-    Routing(gating, n_used, n_groups, n_group_used, norm, scale)   frozen, part of a family Config
+    Routing(gating, n_used, n_groups, n_group_used, norm, scale, glu)   frozen, part of a Config
     route(r, logits [N, E], bias [E] | None)       -> ids int32 [N, k], weights f32 [N, k]
     expert_outputs(xg, xu [N, D], ids, wts, gate/up [S, F, D], down [S, D, F], e0, act_down,
-                   out [N*k, D], block)            -> out with the rows of experts e0..e0+S-1 set
+                   out [N*k, D], block, biases, glu) -> out with the rows of experts e0..e0+S-1 set
     combine(out [N*k, D], k)                       -> [N, D]: slots summed in top-k order
-    routed(r, m [B, T, D], gate_inp [E, D], bias, act [3]) -> Routed(m, xg, xu, ids, wts)
+    routed(r, m [B, T, D], gate_inp [E, D], bias, act [3], logits_b [E], biases)
+                                                   -> Routed(m, xg, xu, ids, wts, biases, glu)
     all_experts(rt, gate, up, down, act_down)      -> out [N*k, D] of every expert at once
     slice_outputs(rt, gate, up, down, e0, act_down, out) -> out with one slice's rows set
 
-Routing as ggml computes it: logits = gate_inp · m (f32 router: no activation rounding),
-probs = softmax or sigmoid, selection scores = probs + exp_probs_b; with expert groups, each
-group scores the sum of its two best experts and all but the ``n_group_used`` best groups are
-masked to -inf; the top k scores pick the experts (ggml_argsort_top_k: std::sort descending,
-an insertion sort for <= 16 experts, so ties go to the lower expert id, which is lax.top_k's
-rule); weights = probs of the picked experts, divided by their sum (clamped to 2^-14) when
-``norm``, times ``scale`` when it is neither 0 nor 1.
+Routing as ggml computes it: logits = gate_inp · m (+ the router bias; f32 router: no
+activation rounding), probs = softmax or sigmoid of the logits (softmax_weight: the logits
+themselves), selection scores = probs + exp_probs_b; with expert groups, each group scores the
+sum of its two best experts and all but the ``n_group_used`` best groups are masked to -inf;
+the top k scores pick the experts (ggml_argsort_top_k: std::sort descending, an insertion sort
+for <= 16 experts, so ties go to the lower expert id, which is lax.top_k's rule); weights =
+probs of the picked experts (softmax_weight: the softmax of their k logits), divided by their
+sum (clamped to 2^-14) when ``norm``, times ``scale`` when it is neither 0 nor 1.
+
+An expert is down(glu(gate x + b_gate, up x + b_up)) + b_down: ``glu`` silu (SwiGLU) or
+swiglu_oai (gpt-oss' clamped SwiGLU), the biases [E, F] / [E, D] optional (ggml_add_id).
 
 Experts run only on the (token, slot) pairs routed to them: the N*k pairs are sorted by expert
 and cut into blocks of ``block`` rows of one expert each (an expert's last block padded), and a
@@ -27,7 +32,7 @@ final sum over slots in slot order reproduces ggml's chain of adds, so slicing t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 import jax
@@ -39,7 +44,7 @@ from quant import UserError
 
 from . import _common as C
 
-GATING = {1: "softmax", 2: "sigmoid"}  # llama_expert_gating_func_type values we run
+GATING = {1: "softmax", 2: "sigmoid", 3: "softmax_weight"}  # llama_expert_gating_func_type
 BLOCK = 16  # rows of one expert per block
 
 
@@ -51,6 +56,7 @@ class Routing:
     n_group_used: int = 0
     norm: bool = False
     scale: float = 0.0
+    glu: str = "silu"  # the experts' gated activation, a GLU key
 
 
 def gating_name(code: int) -> str:
@@ -60,9 +66,20 @@ def gating_name(code: int) -> str:
     return GATING[code]
 
 
+def swiglu_oai(g, u, alpha: float = 1.702, limit: float = 7.0):
+    """ggml_swiglu_oai: x·sigmoid(alpha x)·(y + 1), x = min(g, limit), y = clamp(u, ±limit)."""
+    x = jnp.minimum(g, limit)
+    return x / (1.0 + jnp.exp(-alpha * x)) * (jnp.clip(u, -limit, limit) + 1.0)
+
+
+GLU = {"silu": lambda g, u: jax.nn.silu(g) * u, "swiglu_oai": swiglu_oai}
+
+
 def _probs(gating: str, logits):
     if gating == "sigmoid":
         return jax.nn.sigmoid(logits)
+    if gating == "softmax_weight":  # the softmax comes after the selection
+        return logits
     e = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))
     return e * (1.0 / jnp.sum(e, axis=-1, keepdims=True))  # ggml scales by 1/sum
 
@@ -85,6 +102,8 @@ def route(r: Routing, logits, bias=None):
         sel = _group_mask(r, sel)
     ids = lax.top_k(sel, r.n_used)[1].astype(jnp.int32)
     w = jnp.take_along_axis(probs, ids, axis=-1)
+    if r.gating == "softmax_weight":
+        w = _probs("softmax", w)
     if r.norm:
         w = w / jnp.maximum(jnp.sum(w, axis=-1, keepdims=True), 6.103515625e-5)
     if r.scale not in (0.0, 1.0):
@@ -105,11 +124,12 @@ def _plan(ids, e0, n_exp: int, block: int):
 
 
 def expert_outputs(xg, xu, ids, wts, gate, up, down, e0, act_down, out, block: int = BLOCK,
-                   stats=None):
-    """Rows w_pair * down(silu(gate x) * up x) for every pair routed to experts e0..e0+S-1.
+                   stats=None, biases=None, glu: str = "silu"):
+    """Rows w_pair * down(glu(gate x, up x)) for every pair routed to experts e0..e0+S-1.
 
     xg, xu: the FFN input rounded for the gate / up matmuls [N, D]; out [N*k, D] (rows of
-    other experts are kept). ``stats`` (valid f32 [N]) also returns the per-expert sums of the
+    other experts are kept). ``biases``: (gate [E, F], up [E, F], down [E, D]) of all E experts,
+    added after each matmul. ``stats`` (valid f32 [N]) also returns the per-expert sums of the
     down matmul's squared inputs [S, F] (llama-imatrix's view)."""
     k, n_exp, n_ff = ids.shape[1], gate.shape[0], gate.shape[1]
     n_pairs = ids.size
@@ -125,9 +145,13 @@ def expert_outputs(xg, xu, ids, wts, gate, up, down, e0, act_down, out, block: i
         tok = pair // k
         g = jnp.einsum("bi,oi->bo", xg[tok], gate[s], precision=C.HIGHEST)
         u = jnp.einsum("bi,oi->bo", xu[tok], up[s], precision=C.HIGHEST)
-        hid = jax.nn.silu(g) * u  # [block, F]
+        if biases is not None:
+            g, u = g + biases[0][e0 + s], u + biases[1][e0 + s]
+        hid = GLU[glu](g, u)  # [block, F]
         y = jnp.einsum("bi,oi->bo", C.round_activations(hid, act_down), down[s],
                        precision=C.HIGHEST)
+        if biases is not None:
+            y = y + biases[2][e0 + s]
         out = out.at[jnp.where(ok, pair, n_pairs)].set(y * flat_w[pair][:, None], mode="drop")
         if acc is not None:
             acc = acc.at[s].add(jnp.einsum("bf,b->f", hid * hid, ok * stats[tok]))
@@ -203,15 +227,20 @@ class Routed:
     xu: jax.Array  # [N, D] m rounded for the up matmul
     ids: jax.Array  # int32 [N, k]
     wts: jax.Array  # f32 [N, k]
+    biases: tuple | None = None  # the experts' (gate [E, F], up [E, F], down [E, D]) biases
+    glu: str = field(default="silu", metadata=dict(static=True))
 
 
-def routed(r: Routing, m, gate_inp, bias, act) -> Routed:
-    """Routing of normed inputs m [B, T, D]; act: codes of (gate_inp, gate_exps, up_exps)."""
+def routed(r: Routing, m, gate_inp, bias, act, logits_b=None, biases=None) -> Routed:
+    """Routing of normed inputs m [B, T, D]; act: codes of (gate_inp, gate_exps, up_exps);
+    logits_b [E]: the router's bias (added to the logits, before the gating)."""
     logits = C.linear(m, gate_inp, act[0])
+    if logits_b is not None:
+        logits = logits + logits_b
     ids, wts = route(r, logits.reshape(-1, logits.shape[-1]), bias)
     flat = m.reshape(-1, m.shape[-1])
     return Routed(m, C.round_activations(flat, act[1]), C.round_activations(flat, act[2]),
-                  ids, wts)
+                  ids, wts, biases, r.glu)
 
 
 def empty_out(rt: Routed):
@@ -220,7 +249,8 @@ def empty_out(rt: Routed):
 
 def slice_outputs(rt: Routed, gate, up, down, e0, act_down, out):
     """``out`` with the rows of experts e0 .. e0+S-1 (a slice of the layer's experts) set."""
-    return expert_outputs(rt.xg, rt.xu, rt.ids, rt.wts, gate, up, down, e0, act_down, out)
+    return expert_outputs(rt.xg, rt.xu, rt.ids, rt.wts, gate, up, down, e0, act_down, out,
+                          biases=rt.biases, glu=rt.glu)
 
 
 def all_experts(rt: Routed, gate, up, down, act_down):
@@ -230,7 +260,7 @@ def all_experts(rt: Routed, gate, up, down, act_down):
         return slice_outputs(rt, gate, up, down, 0, act_down, empty_out(rt))
     valid = jnp.repeat(C.TAP_VALID, rt.m.shape[1])
     out, acc = expert_outputs(rt.xg, rt.xu, rt.ids, rt.wts, gate, up, down, 0, act_down,
-                              empty_out(rt), stats=valid)
+                              empty_out(rt), stats=valid, biases=rt.biases, glu=rt.glu)
     sums, counts = expert_stats(rt.ids, rt.m.reshape(-1, rt.m.shape[-1]), valid, gate.shape[0])
     C.TAP_STATS.extend([(gate, sums, counts), (up, sums, counts), (down, acc, counts)])
     return out

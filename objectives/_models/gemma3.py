@@ -45,9 +45,10 @@ class Layer(llama.Layer):
     post_ffn_norm: jax.Array | None = None  # [D]
 
 
-def swa_pattern(model, n_layer: int) -> tuple[bool, ...]:
-    """llama.cpp's set_swa_pattern (or the per-layer array when the GGUF stores one)."""
-    v = llama.meta_get(model, "attention.sliding_window_pattern", 6)
+def swa_pattern(model, n_layer: int, default: int = 6) -> tuple[bool, ...]:
+    """llama.cpp's set_swa_pattern (or the per-layer array when the GGUF stores one); the
+    pattern n: every layer but each n-th slides (``default``: the architecture's n)."""
+    v = llama.meta_get(model, "attention.sliding_window_pattern", default)
     if isinstance(v, (list, np.ndarray)):
         return tuple(bool(b) for b in v)
     n = int(v)
