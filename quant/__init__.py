@@ -26,6 +26,8 @@ from ._registry import has_quantizer
 from ._registry import register_dequantizer
 from ._registry import register_quantizer
 from ._registry import searchable_types
+from ._slices import slice_rows
+from ._slices import workers
 
 __all__ = [
     "TARGETS", "TYPES", "QuantType", "check_target", "dequantize", "fake_quant", "quantize",
@@ -33,4 +35,5 @@ __all__ = [
     "resolve", "resolved_nbytes", "tensor_nbytes", "type_by_id", "type_in_target",
     "FallbackError", "KernelMissingError", "TargetError", "UnknownTypeError", "UserError",
     "has_quantizer", "register_dequantizer", "register_quantizer", "searchable_types",
+    "slice_rows", "workers",
 ]

@@ -11,9 +11,13 @@ Stage times (N chunks of ctx tokens, B chunks a batch, L layers of layer_s each,
     forward(N)       ceil(N/B) * (sum of layer_s over the layers + head_s)
     imatrix pass     forward(imatrix chunks)
     base statistics  forward(calibration chunks) + forward(held-out chunks)
-    quantization     sum over (tensor, written type) of weights / rate(type), plus its error
+    quantization     sum over (tensor, written type) of its slices' time, plus its error
                      and importance (a dequantization and a pass over the weights), plus one
-                     compile per (type, row length)
+                     compile per (type, row length).  A tensor of k slices of S rows (an
+                     expert's rows are sliced on their own) runs as the quantizers do: the
+                     first slice alone, then the rest W at a time on W workers:
+                     slice_s * (1 + ceil((k - 1) / W) * wave), slice_s = S * ne0 / rate(type),
+                     wave = the measured time of W slices at once over one slice's
     trial            dequantization of every quantizable weight + forward(--chunks)
     probes           (roles + 1) trials; trials --trials x trial; final pick 5 x
                      forward(--select-chunks); held-out comparison ~(warm starts + 3) x
@@ -24,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import platform
 import shutil
 import time
@@ -34,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 import quant
-from quant import UserError
+from quant import UserError, slice_rows, workers
 
 from objectives import forward_costs, tool_version
 
@@ -42,7 +45,6 @@ from .._json import write_json
 from .._llamacpp import tensor_options
 from ._prepare import Spec
 
-SAMPLE_WEIGHTS = 1 << 19  # weights per rate sample (one slice of the quantizers)
 BASE_MEMORY = 1 << 30  # Python, JAX and the model's metadata
 SELECT_TOP, MORE_ROWS = 5, 3  # final pick; held-out rows beyond the warm starts
 
@@ -52,6 +54,7 @@ class Rates:
     quantize: dict[str, float]  # type -> weights per second
     dequantize: dict[str, float]
     quant_compile_s: dict[str, float]  # type -> first-call overhead of a new (type, row length)
+    quant_wave: dict[str, float]  # type -> seconds of `workers` slices at once / of one slice
     layer_s: dict[str, float]  # layer kind -> seconds per batch
     kinds: tuple[str, ...]
     head_s: float
@@ -75,44 +78,63 @@ class Estimate:
 def _machine_key(spec: Spec) -> str:
     import jax
 
-    return json.dumps([platform.node(), os.cpu_count(), jax.default_backend(), tool_version(),
-                       spec.settings.model, spec.opts.ctx, list(spec.types)])
+    return json.dumps(["rates/2", platform.node(), workers(_platform()), jax.default_backend(),
+                       tool_version(), spec.settings.model, spec.opts.ctx, list(spec.types)])
 
 
-def _sample(spec: Spec, type_: str) -> np.ndarray | None:
-    """About SAMPLE_WEIGHTS real rows of the largest tensor that takes ``type_`` as it is."""
+def _platform() -> str:
+    import jax
+
+    return jax.devices()[0].platform
+
+
+def _sample(spec: Spec, type_: str) -> tuple[np.ndarray, int] | None:
+    """Real rows of the largest tensor that takes ``type_`` as it is, and its slice size S:
+    W + 3 slices where the tensor has them (one to compile, one alone, W + 1 on the workers)."""
     fits = [t for t in spec.model.quantizable(spec.opts.target)
             if type_ in tensor_options(t, spec.opts.target, [type_])]
     if not fits:
         return None
     t = max(fits, key=lambda t: t.n_elements)
-    rows = max(1, SAMPLE_WEIGHTS // t.shape[-1])
-    return np.ascontiguousarray(spec.model.f32(t.name).reshape(-1, t.shape[-1])[:2 * rows])
+    ne0 = t.shape[-1]
+    s = slice_rows(t.n_elements // ne0, ne0, _platform())
+    rows = spec.model.f32(t.name).reshape(-1, ne0)[:(workers(_platform()) + 3) * s]
+    return np.ascontiguousarray(rows), s
 
 
-def _type_rates(spec: Spec) -> tuple[dict, dict, dict]:
-    """Per written type: quantize and dequantize weights per second (second calls, other rows)
-    and the first call's extra time (compiling)."""
-    q_rate, d_rate, compile_s = {}, {}, {}
-    written = sorted({w for t in spec.model.quantizable(spec.opts.target)
-                      for w in tensor_options(t, spec.opts.target, list(spec.types))})
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _type_rates(spec: Spec) -> tuple[dict, dict, dict, dict]:
+    """Per written type: quantize (one slice alone) and dequantize weights per second, the
+    first call's extra time (compiling), and the wave factor of W slices on W workers."""
+    q_rate, d_rate, compile_s, wave = {}, {}, {}, {}
+    tgt = spec.opts.target
+    written = sorted({w for t in spec.model.quantizable(tgt)
+                      for w in tensor_options(t, tgt, list(spec.types))})
     for ty in written:
-        x = _sample(spec, ty)
-        if x is None:
+        got = _sample(spec, ty)
+        if got is None:
             continue
-        a, b = x[:len(x) // 2 or 1], x[len(x) // 2:] if len(x) > 1 else x
-        t0 = time.perf_counter()
-        packed = quant.quantize(a, ty, None, spec.opts.target)
-        t1 = time.perf_counter()
-        quant.quantize(b, ty, None, spec.opts.target)
-        t2 = time.perf_counter()
-        quant.dequantize(packed, ty, a.shape, spec.opts.target)
-        t3 = time.perf_counter()
-        quant.dequantize(packed, ty, a.shape, spec.opts.target)
-        t4 = time.perf_counter()
-        q_rate[ty], d_rate[ty] = b.size / (t2 - t1), a.size / (t4 - t3)
-        compile_s[ty] = max(0.0, (t1 - t0) - (t2 - t1)) + max(0.0, (t3 - t2) - (t4 - t3))
-    return q_rate, d_rate, compile_s
+        x, s = got
+        w = np.ones(x.shape[1], np.float32)  # the study quantizes with an imatrix
+        a, b, c = x[:s], x[s:2 * s] if len(x) >= 2 * s else x[:s], x[2 * s:]
+        t_first = _timed(lambda: quant.quantize(a, ty, w, tgt))
+        t_one = _timed(lambda: quant.quantize(b, ty, w, tgt))
+        if len(c) > s:  # the first slice alone, then the rest at once
+            k = -(-len(c) // s)
+            waves = -(-(k - 1) // workers(_platform()))
+            wave[ty] = max(1.0, (_timed(lambda: quant.quantize(c, ty, w, tgt)) - t_one)
+                           / waves / t_one)
+        packed = quant.quantize(a, ty, w, tgt)
+        t_d1 = _timed(lambda: quant.dequantize(packed, ty, a.shape, tgt))
+        t_d2 = _timed(lambda: quant.dequantize(packed, ty, a.shape, tgt))
+        q_rate[ty], d_rate[ty] = b.size / t_one, a.size / t_d2
+        compile_s[ty] = max(0.0, t_first - t_one) + max(0.0, t_d1 - t_d2)
+    return q_rate, d_rate, compile_s, wave
 
 
 def rates(spec: Spec, batch: int = 4) -> Rates:
@@ -123,9 +145,9 @@ def rates(spec: Spec, batch: int = 4) -> Rates:
     if key in known:
         r = known[key]
         return Rates(**{**r, "kinds": tuple(r["kinds"])})
-    q, d, c = _type_rates(spec)
+    q, d, c, wave = _type_rates(spec)
     f = forward_costs(spec.model, spec.opts.ctx, batch)
-    r = Rates(q, d, c, f.layer_s, f.kinds, f.head_s, f.compile_s, batch, spec.opts.ctx)
+    r = Rates(q, d, c, wave, f.layer_s, f.kinds, f.head_s, f.compile_s, batch, spec.opts.ctx)
     write_json(path, {**known, key: asdict(r)})
     return r
 
@@ -135,24 +157,38 @@ def _forward(r: Rates, n_chunks: int) -> float:
     return math.ceil(n_chunks / r.batch) * per_batch
 
 
-def _entries(spec: Spec) -> list[tuple[int, str, int]]:
-    """(weights, written type, row length) of every (tensor, type) the measurement quantizes;
-    a tensor's own stored type is copied, not quantized."""
+def _entries(spec: Spec) -> list[tuple[tuple[int, ...], str]]:
+    """(shape, written type) of every (tensor, type) the measurement quantizes; a tensor's own
+    stored type is copied, not quantized."""
     out = []
     for t in spec.model.quantizable(spec.opts.target):
         for w in tensor_options(t, spec.opts.target, list(spec.types)):
             if w != t.qtype.name:
-                out.append((t.n_elements, w, t.shape[-1]))
+                out.append((tuple(t.shape), w))
     return out
+
+
+def quantize_seconds(shape: tuple[int, ...], rate: float, wave: float, n_workers: int,
+                     platform: str = "cpu") -> float:
+    """Seconds to quantize a tensor of ``shape`` (3-D: experts, each sliced on its own) at
+    ``rate`` weights per second of one slice alone, as the quantizers' slices run."""
+    ne0 = shape[-1]
+    groups = shape[0] if len(shape) == 3 else 1
+    rows = math.prod(shape[:-1]) // groups
+    s = slice_rows(rows, ne0, platform)
+    k = -(-rows // s)
+    return groups * s * ne0 / rate * (1 + -(-(k - 1) // n_workers) * wave)
 
 
 def estimate(spec: Spec, r: Rates) -> Estimate:
     o, m = spec.opts, spec.model
     entries = _entries(spec)
     slow = min(r.quantize.values()) if r.quantize else 1e6
-    q_time = sum(n / r.quantize.get(w, slow) + n / r.dequantize.get(w, slow) * 2
-                 for n, w, _ in entries)
-    q_time += sum(r.quant_compile_s.get(w, 0.0) for w, _ in {(w, ne0) for _, w, ne0 in entries})
+    n_workers, plat = workers(_platform()), _platform()
+    q_time = sum(quantize_seconds(sh, r.quantize.get(w, slow), r.quant_wave.get(w, 1.0),
+                                  n_workers, plat)
+                 + math.prod(sh) / r.dequantize.get(w, slow) * 2 for sh, w in entries)
+    q_time += sum(r.quant_compile_s.get(w, 0.0) for w, _ in {(w, sh[-1]) for sh, w in entries})
     n_q = sum(t.n_elements for t in m.quantizable(o.target))
     dequant = n_q / (sorted(r.dequantize.values())[len(r.dequantize) // 2]
                      if r.dequantize else 1e8)
@@ -176,7 +212,8 @@ def estimate(spec: Spec, r: Rates) -> Estimate:
     biggest = max(t.n_elements for t in m.quantizable(o.target))
     memo = 4 * m.n_elements if 4 * m.n_elements < (4 << 30) else 0
     host = BASE_MEMORY + max(logits + hidden + memo + _layer_bytes(spec), 16 * biggest)
-    disk = sum(quant.tensor_nbytes(w, (n // ne0, ne0)) for n, w, ne0 in entries) + hidden
+    disk = sum(quant.tensor_nbytes(w, (math.prod(sh) // sh[-1], sh[-1]))
+               for sh, w in entries) + hidden
     return Estimate(int(disk), int(host), stages, trial)
 
 
