@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from ._corpus import corpus_path
 from ._cost import ForwardCost
+from ._cost import cache_quantize_bytes
 from ._cost import forward_costs
+from ._cost import head_resident_bytes
+from ._cost import layer_resident_bytes
 from ._corpus import default_corpus
 from ._corpus import read_corpus
 from ._eval import bos_id
@@ -41,7 +44,9 @@ from ._session import EvalSession
 from ._tokenizer import Tokenizer
 from ._version import tool_version
 
-__all__ = ["GGUFWriteError", "imatrix_metadata", "merge_gguf", "split_gguf", "write_quantized",
+__all__ = [
+    "cache_quantize_bytes", "head_resident_bytes", "layer_resident_bytes",
+    "GGUFWriteError", "imatrix_metadata", "merge_gguf", "split_gguf", "write_quantized",
            "QuantCache", "bos_id", "collect", "similarity_rows", "tensor_importance",
            "write_dat", "write_gguf", "EvalSession", "GGUFError", "GGUFModel", "Hparams", "Imatrix", "TensorInfo", "Tokenizer",
            "ForwardCost", "forward_costs", "corpus_path", "corpus_tokens", "default_corpus", "default_model_path", "resolve_model", "MODELS", "evaluate", "is_quantizable", "layer_of",

@@ -8,6 +8,17 @@ file's own weights of one layer of each kind), for ``search plan``.
         compile_s       first-call overhead (tracing and compiling) of a layer and of the head
 
 Each is timed on its second call (the first compiles); batches of the real session shape.
+
+Memory, from the rules of the code that holds it (bytes):
+    layer_resident_bytes(model) -> max over layers of the float32 weights the streaming forward
+        holds at once: the whole layer, or, where its experts are sliced, the rest plus two
+        slices of experts (``_stream``)
+    head_resident_bytes(model) -> the output head's float32 weights [V, D] (``head_inputs``:
+        output.weight, or the tied token_embd)
+    cache_quantize_bytes(model, name, packed) -> what quantizing one tensor holds in the
+        quantization cache: its float32 source unless the file stores floats (read in place)
+        or it is a 3-D tensor of experts (read a slice at a time), plus the packed result
+        twice (the slices' parts and their concatenation)
 """
 
 from __future__ import annotations
@@ -21,6 +32,8 @@ import numpy as np
 
 from ._eval import _q_jit
 from ._models import family
+from . import _qcache
+from ._models import _stream
 from ._models._stream import Weights, head_inputs, run_layer
 
 
@@ -67,3 +80,41 @@ def forward_costs(model, ctx: int = 512, batch: int = 4) -> ForwardCost:
     targets = jnp.zeros((batch, s), jnp.int32)
     first, second = _timed(lambda: _q_jit(cfg_h, ctx // 2, head, head[1], hs[0], targets, h))
     return ForwardCost(batch, ctx, layer_s, kinds, second, compile_s + first - second)
+
+
+def _expert_bytes(fam, cfg, model, il: int) -> int:
+    if not getattr(fam, "is_moe_layer", lambda *_: False)(cfg, il):
+        return 0
+    return sum(4 * model.tensors[n].n_elements for n in fam.expert_names(cfg, il)
+               if n in model.tensors)
+
+
+def layer_resident_bytes(model) -> int:
+    fam = family(model.arch)
+    cfg = fam.config(model)
+    per_layer: dict[int, int] = {}
+    for t in model.tensors.values():
+        if t.layer is not None:
+            per_layer[t.layer] = per_layer.get(t.layer, 0) + 4 * t.n_elements
+    out = 0
+    for il, total in per_layer.items():
+        experts = _expert_bytes(fam, cfg, model, il) if il < cfg.n_layer else 0
+        if experts > _stream.EXPERT_LAYER_BYTES:
+            one = experts // cfg.n_expert
+            total = total - experts + 2 * max(1, _stream.EXPERT_LAYER_BYTES // one) * one
+        out = max(out, total)
+    return out
+
+
+def cache_quantize_bytes(model, name: str, packed: int) -> int:
+    t = model.tensors[name]
+    if len(t.shape) == 3 and 4 * t.n_elements > _qcache.SLICE_BYTES:
+        source = max(4 * t.n_elements // t.shape[0], _qcache.SLICE_BYTES)
+    else:
+        source = 0 if t.qtype.name in _qcache._FLOAT_VIEWS else 4 * t.n_elements
+    return source + 2 * packed
+
+
+def head_resident_bytes(model) -> int:
+    tied = family(model.arch).config(model).tied
+    return 4 * model.tensors["token_embd.weight" if tied else "output.weight"].n_elements

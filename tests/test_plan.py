@@ -106,3 +106,34 @@ def test_plan_of_a_tiny_model_lists_every_stage_and_reuses_its_rates(tmp_path, t
     second = _plan_cli(tmp_path, tiny_model("llama"))  # the cached rates: the same estimate
     assert second["stages"] == first["stages"]
     assert not (tmp_path / "st" / "measure" / rates.parent.name / "quant").exists()
+
+
+def test_a_layer_holds_its_weights_or_two_slices_of_its_experts(tiny_model, monkeypatch):
+    from objectives import layer_resident_bytes, open_gguf
+    from objectives._models import _stream, family
+
+    m = open_gguf(str(tiny_model("deepseek2")))
+    # tiny deepseek2, layer 1 (MoE), float32 bytes: 35,024 weights outside the experts
+    # (norms, MLA, router, shared expert, bias) and 16 experts of 3 x 32 x 64
+    rest, one = 4 * 35_024, 4 * 3 * 32 * 64
+    assert layer_resident_bytes(m) == rest + 16 * one  # below the threshold: the whole layer
+    monkeypatch.setattr(_stream, "EXPERT_LAYER_BYTES", 100_000)
+    fam = family(m.arch)
+    size = _stream.expert_slice(fam, fam.config(m), m, _stream.Weights(m), 1)
+    assert size == 100_000 // one == 4  # what the streaming forward slices by
+    assert layer_resident_bytes(m) == rest + 2 * size * one
+
+
+def test_quantizing_a_tensor_holds_its_source_unless_read_in_place(tiny_model, monkeypatch):
+    from objectives import _qcache, cache_quantize_bytes, open_gguf
+
+    f32 = open_gguf(str(tiny_model("deepseek2")))  # every tensor stored as f32: read in place
+    assert cache_quantize_bytes(f32, "blk.1.attn_q_b.weight", 1000) == 2 * 1000
+    q = open_gguf(str(tiny_model("llama-quant")))
+    (name, t) = next((n, t) for n, t in q.tensors.items()
+                     if len(t.shape) == 2 and t.qtype.name not in ("f32", "f16", "bf16"))
+    assert cache_quantize_bytes(q, name, 1000) == 4 * t.n_elements + 2 * 1000  # dequantized
+    experts = "blk.1.ffn_gate_exps.weight"  # [16, 32, 64]: 131,072 bytes of float32
+    assert cache_quantize_bytes(f32, experts, 10) == 2 * 10  # one piece, read in place
+    monkeypatch.setattr(_qcache, "SLICE_BYTES", 40_000)  # sliced: at most one slice of source
+    assert cache_quantize_bytes(f32, experts, 10) == 40_000 + 2 * 10

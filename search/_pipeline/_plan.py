@@ -39,7 +39,8 @@ import numpy as np
 import quant
 from quant import UserError, slice_rows, workers
 
-from objectives import forward_costs, tool_version
+from objectives import (cache_quantize_bytes, forward_costs, head_resident_bytes,
+                        layer_resident_bytes, tool_version)
 
 from .._json import write_json
 from .._llamacpp import tensor_options
@@ -98,8 +99,8 @@ def _sample(spec: Spec, type_: str) -> tuple[np.ndarray, int] | None:
     t = max(fits, key=lambda t: t.n_elements)
     ne0 = t.shape[-1]
     s = slice_rows(t.n_elements // ne0, ne0, _platform())
-    rows = spec.model.f32(t.name).reshape(-1, ne0)[:(workers(_platform()) + 3) * s]
-    return np.ascontiguousarray(rows), s
+    n = min(t.n_elements // ne0, (workers(_platform()) + 3) * s)
+    return spec.model.f32_rows(t.name, 0, n), s  # only those rows are read
 
 
 def _timed(fn) -> float:
@@ -209,9 +210,13 @@ def estimate(spec: Spec, r: Rates) -> Estimate:
     scored = ctx_scored(o.ctx)
     logits = 3 * r.batch * scored * m.hparams().n_vocab * 4
     hidden = (spec.calib_chunks * o.ctx + (spec.calib_chunks + o.eval_chunks) * scored) * d * 4
-    biggest = max(t.n_elements for t in m.quantizable(o.target))
+    names = {t.name: t for t in m.quantizable(o.target)}
+    cache = max((cache_quantize_bytes(m, n, quant.tensor_nbytes(w, t.shape))
+                 for n, t in names.items()
+                 for w in tensor_options(t, o.target, list(spec.types))), default=0)
     memo = 4 * m.n_elements if 4 * m.n_elements < (4 << 30) else 0
-    host = BASE_MEMORY + max(logits + hidden + memo + _layer_bytes(spec), 16 * biggest)
+    forward = logits + hidden + memo + layer_resident_bytes(m) + head_resident_bytes(m)
+    host = BASE_MEMORY + max(forward, cache)
     disk = sum(quant.tensor_nbytes(w, (math.prod(sh) // sh[-1], sh[-1]))
                for sh, w in entries) + hidden
     return Estimate(int(disk), int(host), stages, trial)
@@ -219,15 +224,6 @@ def estimate(spec: Spec, r: Rates) -> Estimate:
 
 def ctx_scored(ctx: int) -> int:
     return ctx - 1 - ctx // 2
-
-
-def _layer_bytes(spec: Spec) -> int:
-    """Float32 bytes of the largest layer's weights (one layer is resident at a time)."""
-    per: dict[int, int] = {}
-    for t in spec.model.tensors.values():
-        if t.layer is not None:
-            per[t.layer] = per.get(t.layer, 0) + 4 * t.n_elements
-    return max(per.values(), default=0)
 
 
 def check_fits(spec: Spec, e: Estimate) -> None:

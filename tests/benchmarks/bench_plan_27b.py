@@ -70,10 +70,7 @@ def _tensors() -> list[tuple[str, tuple[int, ...], str]]:
     return out
 
 
-def write_gemma3_27b(path: Path, tokenizer_src: Path) -> Path:
-    import gguf
-
-    w = gguf.GGUFWriter(str(path), "gemma3")
+def _gemma3_kv(w) -> None:
     w.add_name("Gemma-3-27B-shaped (sparse, benchmark)")
     u32 = lambda k, v: w.add_uint32(f"gemma3.{k}", v)  # noqa: E731
     for k, v in {"context_length": 131072, "embedding_length": D, "block_count": L,
@@ -85,15 +82,32 @@ def write_gemma3_27b(path: Path, tokenizer_src: Path) -> Path:
     w.add_float32("gemma3.rope.freq_base", 1e6)
     w.add_string("gemma3.rope.scaling.type", "linear")
     w.add_float32("gemma3.rope.scaling.factor", 8.0)
+
+
+def _gemma3_random(name: str, nbytes: int) -> int:
+    if name.startswith("blk.0."):
+        return nbytes
+    return min(nbytes, EMBD_RANDOM_ROWS * D * 2) if name == "token_embd.weight" else 0
+
+
+def write_sparse(path: Path, arch: str, add_kv, tensors, random_bytes, tokenizer_src: Path
+                 ) -> Path:
+    """A GGUF of ``tensors`` [(name, numpy shape, "bf16" | "f32")]: f32 tensors hold ones,
+    bf16 ones random values in their first ``random_bytes(name, nbytes)`` bytes and a hole of
+    zeros after (a sparse file: only written bytes take disk)."""
+    import gguf
+
+    w = gguf.GGUFWriter(str(path), arch)
+    add_kv(w)
     _copy_tokenizer(w, tokenizer_src)
     w.add_uint32("general.file_type", 32)  # MOSTLY_BF16
     types = {"bf16": gguf.GGMLQuantizationType.BF16, "f32": gguf.GGMLQuantizationType.F32}
     layout, offset = [], 0
-    for name, shape, ty in _tensors():
+    for name, shape, ty in tensors:
         nbytes = int(np.prod(shape)) * (2 if ty == "bf16" else 4)
         w.add_tensor_info(name, shape, np.float32 if ty == "f32" else np.float16, nbytes,
                           raw_dtype=types[ty])
-        layout.append((name, shape, ty, offset))
+        layout.append((name, shape, ty, nbytes, offset))
         offset += -(-nbytes // w.data_alignment) * w.data_alignment
     w.write_header_to_file()
     w.write_kv_data_to_file()
@@ -102,20 +116,26 @@ def write_gemma3_27b(path: Path, tokenizer_src: Path) -> Path:
     start = -(-path.stat().st_size // w.data_alignment) * w.data_alignment
     rng = np.random.default_rng(0)
     with open(path, "r+b") as f:
-        for name, shape, ty, off in layout:
+        for name, shape, ty, nbytes, off in layout:
             f.seek(start + off)
             if ty == "f32":
                 f.write(np.ones(shape, np.float32).tobytes())
-            elif name.startswith("blk.0."):
-                f.write(_bf16(rng, shape).tobytes())
-            elif name == "token_embd.weight":
-                f.write(_bf16(rng, (EMBD_RANDOM_ROWS, D)).tobytes())
+                continue
+            left, step = random_bytes(name, nbytes) // 2, 1 << 26
+            while left > 0:  # in pieces: a layer of experts does not fit in memory
+                f.write(_bf16(rng, (min(left, step),)).tobytes())
+                left -= step
         f.truncate(start + offset)
     return path
 
 
-def _plan(path: Path, target: str, types: str, trials: int, home: Path) -> dict:
-    cmd = [sys.executable, "-m", "search", "plan", str(path), "--budget", "4.1bpw",
+def write_gemma3_27b(path: Path, tokenizer_src: Path) -> Path:
+    return write_sparse(path, "gemma3", _gemma3_kv, _tensors(), _gemma3_random, tokenizer_src)
+
+
+def _plan(path: Path, target: str, types: str, trials: int, home: Path,
+          budget: str = "4.1bpw") -> dict:
+    cmd = [sys.executable, "-m", "search", "plan", str(path), "--budget", budget,
            "--target", target, "--types", types, "--trials", str(trials),
            "--studies-dir", str(home), "--json"]
     r = subprocess.run(cmd, capture_output=True, text=True)
