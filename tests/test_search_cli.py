@@ -210,17 +210,22 @@ def test_the_written_gguf_holds_the_recipe_and_the_cache_values(tiny, tiny_study
 
 
 def _wait(url: str, name: str, proc, timeout: float = 600):
-    """Until the study has a complete trial and a running one (the one to kill), and the
-    process is stopped (SIGSTOP) in that state: a tiny trial can finish between a look and a
-    kill, so the state is checked again once the process cannot move."""
+    """Until the study has a complete trial and a running one that has reported a batch (the
+    one to kill), and the process is stopped (SIGSTOP) in that state: a tiny trial can finish
+    between a look and a kill, so the state is checked again once the process cannot move.
+    A trial killed inside ``study.ask()`` (the sampler's work, before Optuna's heartbeat thread
+    starts) has no heartbeat, so no storage can ever tell it is stale: the kill waits for a
+    reported batch, when the objective (and its heartbeat) is surely running."""
 
     def ready() -> bool:
         try:
             study = optuna.load_study(study_name=name, storage=open_storage(url))
         except KeyError:
             return False
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        return TrialState.COMPLETE in states and states[-1] == TrialState.RUNNING
+        trials = study.get_trials(deepcopy=False)
+        return (any(t.state == TrialState.COMPLETE for t in trials)
+                and trials[-1].state == TrialState.RUNNING
+                and bool(trials[-1].intermediate_values))
 
     end = time.time() + timeout
     while time.time() < end and proc.poll() is None:
