@@ -123,14 +123,15 @@ def _type_rates(spec: Spec) -> tuple[dict, dict, dict, dict]:
         x, s = got
         w = np.ones(x.shape[1], np.float32)  # the study quantizes with an imatrix
         a, b, c = x[:s], x[s:2 * s] if len(x) >= 2 * s else x[:s], x[2 * s:]
-        t_first = _timed(lambda: quant.quantize(a, ty, w, tgt))
+        t0 = time.perf_counter()
+        packed = quant.quantize(a, ty, w, tgt)
+        t_first = time.perf_counter() - t0
         t_one = _timed(lambda: quant.quantize(b, ty, w, tgt))
         if len(c) > s:  # the first slice alone, then the rest at once
             k = -(-len(c) // s)
             waves = -(-(k - 1) // workers(_platform()))
             wave[ty] = max(1.0, (_timed(lambda: quant.quantize(c, ty, w, tgt)) - t_one)
                            / waves / t_one)
-        packed = quant.quantize(a, ty, w, tgt)
         t_d1 = _timed(lambda: quant.dequantize(packed, ty, a.shape, tgt))
         t_d2 = _timed(lambda: quant.dequantize(packed, ty, a.shape, tgt))
         q_rate[ty], d_rate[ty] = b.size / t_one, a.size / t_d2

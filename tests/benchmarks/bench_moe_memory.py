@@ -56,20 +56,16 @@ def _q4_0(rng, *shape) -> np.ndarray:
     return blocks.reshape(*rows, -1)
 
 
-def write_layer(path: Path, n_exp: int) -> Path:
-    import gguf
-
-    sys.path.insert(0, str(Path(__file__).parents[1]))
-    from _tiny_gguf import _write_vocab
-
-    rng = np.random.default_rng(0)
-    w = gguf.GGUFWriter(str(path), "deepseek2")
+def add_deepseek_v3_kv(w, n_layer: int, n_dense: int, n_exp: int, n_used: int, groups: int,
+                       groups_used: int) -> None:
+    """deepseek2 metadata of DeepSeek-V3's shapes (MLA in the absorbed form)."""
     u32 = lambda k, v: w.add_uint32(f"deepseek2.{k}", v)  # noqa: E731
-    for k, v in dict(block_count=1, context_length=163840, embedding_length=D,
-                     feed_forward_length=18432, leading_dense_block_count=0,
+    for k, v in dict(block_count=n_layer, context_length=163840, embedding_length=D,
+                     feed_forward_length=18432, leading_dense_block_count=n_dense,
                      expert_feed_forward_length=FF, expert_count=n_exp,
-                     expert_used_count=min(8, n_exp // 2), expert_shared_count=1,
-                     expert_group_count=4, expert_group_used_count=2, expert_gating_func=2,
+                     expert_used_count=n_used, expert_shared_count=1,
+                     expert_group_count=groups, expert_group_used_count=groups_used,
+                     expert_gating_func=2,
                      **{"attention.head_count": H, "attention.head_count_kv": 1,
                         "attention.q_lora_rank": Q_LORA, "attention.kv_lora_rank": KV,
                         "attention.key_length": KV + ROPE, "attention.value_length": KV,
@@ -79,6 +75,17 @@ def write_layer(path: Path, n_exp: int) -> Path:
     w.add_float32("deepseek2.attention.layer_norm_rms_epsilon", 1e-6)
     w.add_float32("deepseek2.expert_weights_scale", 2.5)
     w.add_bool("deepseek2.expert_weights_norm", True)
+
+
+def write_layer(path: Path, n_exp: int) -> Path:
+    import gguf
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from _tiny_gguf import _write_vocab
+
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(str(path), "deepseek2")
+    add_deepseek_v3_kv(w, 1, 0, n_exp, min(8, n_exp // 2), 4, 2)
     _write_vocab(w, add_bos=True)
     f32 = lambda *s: (rng.standard_normal(s) / 16).astype(np.float32)  # noqa: E731
     q4 = gguf.GGMLQuantizationType.Q4_0

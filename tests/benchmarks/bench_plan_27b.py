@@ -133,36 +133,44 @@ def write_gemma3_27b(path: Path, tokenizer_src: Path) -> Path:
     return write_sparse(path, "gemma3", _gemma3_kv, _tensors(), _gemma3_random, tokenizer_src)
 
 
-def _plan(path: Path, target: str, types: str, trials: int, home: Path,
-          budget: str = "4.1bpw") -> dict:
+def run_plan(path: Path, target: str, types: str, trials: int, home: Path,
+             budget: str = "4.1bpw") -> dict:
     cmd = [sys.executable, "-m", "search", "plan", str(path), "--budget", budget,
            "--target", target, "--types", types, "--trials", str(trials),
            "--studies-dir", str(home), "--json"]
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
-    return json.loads(r.stdout)
+    res = json.loads(r.stdout)
+    assert res["total_s"] > 0 and res["disk_bytes"] > 0
+    return res
+
+
+def tokenizer_source() -> Path:
+    """Gemma 3 270M's file (its tokenizer is Gemma-3-27B's), or a skip naming it."""
+    from objectives._model_file import resolve_model
+
+    try:
+        return resolve_model("gemma3-270m")
+    except Exception as e:  # noqa: BLE001 - the skip names what is missing
+        pytest.skip(f"Gemma 3 270M's tokenizer is needed: {e}")
+
+
+def print_plan(path: Path, res: dict, heading: str) -> None:
+    st = path.stat()
+    print(f"\n{path.name}: {st.st_size / 1e9:.1f} GB apparent, {st.st_blocks * 512 / 1e9:.2f} "
+          f"GB on disk; {os.cpu_count()} cores\n{heading}:")
+    print("\n".join(res["lines"]))
+    if res["fits"] is not True:
+        print(f"does not fit here: {res['fits']}")
+    top = max(res["stages"], key=res["stages"].get)
+    print(f"dominant stage: {top} "
+          f"({res['stages'][top] / res['total_s']:.0%} of {res['total_s'] / 3600:.1f} h)")
 
 
 @pytest.mark.bench
 def test_bench_plan_gemma3_27b(tmp_path):
-    from objectives._model_file import resolve_model
-
-    try:
-        src = resolve_model("gemma3-270m")
-    except Exception as e:  # noqa: BLE001 - the skip names what is missing
-        pytest.skip(f"Gemma 3 270M's tokenizer is needed: {e}")
-    path = write_gemma3_27b(tmp_path / "gemma-3-27b-shaped-bf16.gguf", src)
+    path = write_gemma3_27b(tmp_path / "gemma-3-27b-shaped-bf16.gguf", tokenizer_source())
     trials = int(os.environ.get("BENCH_TRIALS", "60"))
-    targets = os.environ.get("BENCH_TARGETS", "ik,mainline").split(",")
-    print(f"\nGemma-3-27B-shaped bf16 file: {path.stat().st_size / 1e9:.1f} GB apparent, "
-          f"{path.stat().st_blocks * 512 / 1e9:.2f} GB on disk; {os.cpu_count()} cores")
-    for target in targets:
-        res = _plan(path, target, CASES[target], trials, tmp_path / "studies")
-        print(f"\n{target}, --types {CASES[target]}, 4.1 BPW, {trials} trials:")
-        print("\n".join(res["lines"]))
-        if res["fits"] is not True:
-            print(f"does not fit here: {res['fits']}")
-        share = max(res["stages"], key=res["stages"].get)
-        print(f"dominant stage: {share} "
-              f"({res['stages'][share] / res['total_s']:.0%} of {res['total_s'] / 3600:.1f} h)")
-        assert res["total_s"] > 0 and res["disk_bytes"] > 0
+    for target in os.environ.get("BENCH_TARGETS", "ik,mainline").split(","):
+        res = run_plan(path, target, CASES[target], trials, tmp_path / "studies")
+        print_plan(path, res, f"{target}, --types {CASES[target]}, 4.1 BPW, {trials} trials")

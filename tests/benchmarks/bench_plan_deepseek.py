@@ -25,30 +25,19 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_plan_27b import _plan, write_sparse  # noqa: E402
+from bench_plan_27b import print_plan, run_plan, tokenizer_source, write_sparse  # noqa: E402
 
-D, L, DENSE, FF, FF_EXP, N_EXP = 7168, 61, 3, 18432, 2048, 256
-H, Q_LORA, KV, ROPE, NOPE, V = 128, 1536, 512, 64, 128, 128
+from bench_moe_memory import FF as FF_EXP, D, H, KV, NOPE, Q_LORA, ROPE, V  # noqa: E402
+from bench_moe_memory import add_deepseek_v3_kv  # noqa: E402
+
+L, DENSE, FF, N_EXP = 61, 3, 18432, 256
 TYPES = "iq2_ks,iq3_ks,iq4_ks,q8_0"
 
 
 def _kv(w, n_vocab: int) -> None:
-    u32 = lambda k, v: w.add_uint32(f"deepseek2.{k}", v)  # noqa: E731
-    for k, v in dict(block_count=L, context_length=163840, embedding_length=D,
-                     feed_forward_length=FF, leading_dense_block_count=DENSE,
-                     expert_feed_forward_length=FF_EXP, expert_count=N_EXP, expert_used_count=8,
-                     expert_shared_count=1, expert_group_count=8, expert_group_used_count=4,
-                     expert_gating_func=2, vocab_size=n_vocab,
-                     **{"attention.head_count": H, "attention.head_count_kv": 1,
-                        "attention.q_lora_rank": Q_LORA, "attention.kv_lora_rank": KV,
-                        "attention.key_length": KV + ROPE, "attention.value_length": KV,
-                        "attention.key_length_mla": NOPE + ROPE,
-                        "attention.value_length_mla": V, "rope.dimension_count": ROPE}).items():
-        u32(k, v)
-    w.add_float32("deepseek2.attention.layer_norm_rms_epsilon", 1e-6)
+    add_deepseek_v3_kv(w, L, DENSE, N_EXP, 8, 8, 4)
+    w.add_uint32("deepseek2.vocab_size", n_vocab)
     w.add_float32("deepseek2.rope.freq_base", 10000.0)
-    w.add_float32("deepseek2.expert_weights_scale", 2.5)
-    w.add_bool("deepseek2.expert_weights_norm", True)
 
 
 def _tensors(n_vocab: int) -> list[tuple[str, tuple[int, ...], str]]:
@@ -84,22 +73,11 @@ def _random_bytes(name: str, nbytes: int) -> int:
 
 @pytest.mark.bench
 def test_bench_plan_deepseek_v3(tmp_path):
-    from objectives._model_file import resolve_model
-
-    try:
-        src = resolve_model("gemma3-270m")
-    except Exception as e:  # noqa: BLE001 - the skip names what is missing
-        pytest.skip(f"Gemma 3 270M's tokenizer is needed: {e}")
+    src = tokenizer_source()
     n_vocab = 262_144
     path = write_sparse(tmp_path / "deepseek-v3-shaped-bf16.gguf", "deepseek2",
                         lambda w: _kv(w, n_vocab), _tensors(n_vocab), _random_bytes, src)
     trials = int(os.environ.get("BENCH_TRIALS", "60"))
     budgets = os.environ.get("BENCH_BUDGETS", "2.5bpw,3.0bpw,3.5bpw")
-    print(f"\nDeepSeek-V3-shaped bf16 file: {path.stat().st_size / 1e12:.2f} TB apparent, "
-          f"{path.stat().st_blocks * 512 / 1e9:.2f} GB on disk; {os.cpu_count()} cores")
-    res = _plan(path, "ik", TYPES, trials, tmp_path / "studies", budgets)
-    print(f"\nik, --types {TYPES}, budgets {budgets}, {trials} trials each:")
-    print("\n".join(res["lines"]))
-    if res["fits"] is not True:
-        print(f"does not fit here: {res['fits']}")
-    assert res["total_s"] > 0 and res["disk_bytes"] > 0
+    res = run_plan(path, "ik", TYPES, trials, tmp_path / "studies", budgets)
+    print_plan(path, res, f"ik, --types {TYPES}, budgets {budgets}, {trials} trials each")
