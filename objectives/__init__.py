@@ -7,7 +7,9 @@ from ._cost import ForwardCost
 from ._cost import cache_quantize_bytes
 from ._cost import forward_costs
 from ._cost import head_resident_bytes
+from ._cost import head_work_bytes
 from ._cost import layer_resident_bytes
+from ._cost import trial_weights_bytes
 from ._corpus import default_corpus
 from ._corpus import read_corpus
 from ._eval import bos_id
@@ -45,7 +47,8 @@ from ._tokenizer import Tokenizer
 from ._version import tool_version
 
 __all__ = [
-    "cache_quantize_bytes", "head_resident_bytes", "layer_resident_bytes",
+    "cache_quantize_bytes", "head_resident_bytes", "head_work_bytes",
+           "layer_resident_bytes", "trial_weights_bytes",
     "GGUFWriteError", "imatrix_metadata", "merge_gguf", "split_gguf", "write_quantized",
            "QuantCache", "bos_id", "collect", "similarity_rows", "tensor_importance",
            "write_dat", "write_gguf", "EvalSession", "GGUFError", "GGUFModel", "Hparams", "Imatrix", "TensorInfo", "Tokenizer",

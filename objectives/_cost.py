@@ -16,9 +16,12 @@ Memory, from the rules of the code that holds it (bytes):
     head_resident_bytes(model) -> the output head's float32 weights [V, D] (``head_inputs``:
         output.weight, or the tied token_embd)
     cache_quantize_bytes(model, name, packed) -> what quantizing one tensor holds in the
-        quantization cache: its float32 source unless the file stores floats (read in place)
-        or it is a 3-D tensor of experts (read a slice at a time), plus the packed result
-        twice (the slices' parts and their concatenation)
+        quantization cache: nothing of its source when the file stores floats (read in place),
+        one slice of rows (``ROW_SLICE_BYTES``) or of experts (``SLICE_BYTES``) as float32
+        otherwise (a small tensor whole), plus the packed result twice
+    trial_weights_bytes(model) -> the float32 weights a trial holds (the whole model below
+        ``MEMO_LIMIT``, else one layer and the head) plus the largest tensor once more
+    head_work_bytes() -> the head's float32 blocks held at once (``HEAD_BLOCK_BYTES`` each)
 """
 
 from __future__ import annotations
@@ -30,11 +33,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._eval import _q_jit
+from ._eval import HEAD_BLOCK_BYTES, _q_jit
 from ._models import family
 from . import _qcache
 from ._models import _stream
 from ._models._stream import Weights, head_inputs, run_layer
+from ._session import MEMO_LIMIT
 
 
 @dataclass(frozen=True)
@@ -108,11 +112,35 @@ def layer_resident_bytes(model) -> int:
 
 def cache_quantize_bytes(model, name: str, packed: int) -> int:
     t = model.tensors[name]
-    if len(t.shape) == 3 and 4 * t.n_elements > _qcache.SLICE_BYTES:
-        source = max(4 * t.n_elements // t.shape[0], _qcache.SLICE_BYTES)
+    f32 = 4 * t.n_elements
+    if len(t.shape) == 3 and f32 > _qcache.SLICE_BYTES:
+        source = max(f32 // t.shape[0], _qcache.SLICE_BYTES)
+    elif t.qtype.name in _qcache._FLOAT_VIEWS:
+        source = 0
     else:
-        source = 0 if t.qtype.name in _qcache._FLOAT_VIEWS else 4 * t.n_elements
+        source = min(f32, _qcache.ROW_SLICE_BYTES)
     return source + 2 * packed
+
+
+def trial_weights_bytes(model) -> int:
+    """Float32 weights a trial holds at once: the whole dequantized model where CachedWeights
+    keeps it (below ``MEMO_LIMIT``), else the largest layer and the head; plus the largest
+    tensor once more (a dequantization's output before it is kept)."""
+    largest = max((4 * t.n_elements for t in model.tensors.values()
+                   if not _is_sliced_experts(t)), default=0)
+    if 4 * model.n_elements < MEMO_LIMIT:
+        return 4 * model.n_elements + largest
+    return layer_resident_bytes(model) + head_resident_bytes(model) + largest
+
+
+def head_work_bytes() -> int:
+    """The head's float32 work at once: a block of logits, the candidate's and the base's
+    log-probabilities and a temporary (``HEAD_BLOCK_BYTES`` each)."""
+    return 4 * HEAD_BLOCK_BYTES
+
+
+def _is_sliced_experts(t) -> bool:
+    return len(t.shape) == 3 and 4 * t.n_elements > _stream.EXPERT_LAYER_BYTES
 
 
 def head_resident_bytes(model) -> int:

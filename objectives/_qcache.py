@@ -28,7 +28,14 @@ from ._gguf import GGUFModel
 from ._version import tool_version
 
 _ERROR_SLICE = 1 << 20  # weights per slice of error()
+ROW_SLICE_BYTES = 64 << 20  # float32 bytes of a stored-quantized tensor's rows read at once
 _FLOAT_VIEWS = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "bf16": ml_dtypes.bfloat16}
+
+
+def row_slices(n_rows: int, ne0: int, nbytes: int | None = None) -> list[tuple[int, int]]:
+    """Row ranges of at most ``nbytes`` (``ROW_SLICE_BYTES``) float32 values each."""
+    step = max(1, (nbytes or ROW_SLICE_BYTES) // (4 * ne0))
+    return [(a, min(a + step, n_rows)) for a in range(0, n_rows, step)]
 
 
 def imatrix_sha(imatrix: dict[str, np.ndarray] | None) -> str:
@@ -87,6 +94,9 @@ class QuantCache:
         """The tensor's bytes; a 3-D tensor of experts is read and quantized a slice at a time
         (rows are independent: the bytes are the whole tensor's)."""
         t, im = self.model.tensors[name], self.imatrix.get(name)
+        if len(t.shape) != 3 and t.qtype.name not in _FLOAT_VIEWS \
+                and 4 * t.n_elements > ROW_SLICE_BYTES:
+            return self._quantize_rows(name, type_, im)
         if len(t.shape) != 3 or 4 * t.n_elements <= SLICE_BYTES:
             return quant.quantize(self._source(name), type_, im, self.target)
         step = max(1, SLICE_BYTES // (4 * t.n_elements // t.shape[0]))
@@ -98,6 +108,22 @@ class QuantCache:
             parts.append(quant.quantize(self.model.f32_experts(name, e0, e1), type_, w,
                                         self.target))
         return np.concatenate(parts)
+
+    def _quantize_rows(self, name: str, type_: str, im) -> np.ndarray:
+        """A stored-quantized matrix dequantized and quantized a slice of rows at a time (rows
+        are independent: the bytes are the whole tensor's; no float32 copy of all of it)."""
+        shape = self.model.tensors[name].shape
+        ne0, n_rows = shape[-1], math.prod(shape[:-1])
+        out = np.empty((n_rows, quant.get_type(type_).row_nbytes(ne0)), np.uint8)
+        for a, b in row_slices(n_rows, ne0):
+            out[a:b] = quant.quantize(self.model.f32_rows(name, a, b), type_, im, self.target)
+        return out
+
+    def value_rows(self, name: str, type_: str, a: int, b: int) -> np.ndarray:
+        """Float32 rows a..b-1 of the tensor's [n_rows, ne0] view at ``type_``."""
+        ne0 = self.model.tensors[name].shape[-1]
+        return quant.dequantize(self._stored(name, type_)[a:b], type_, (b - a, ne0),
+                                self.target)
 
     def expert_values(self, name: str, type_: str, e0: int, e1: int) -> np.ndarray:
         """Float32 values of experts e0..e1-1 of a 3-D tensor at ``type_`` (only those rows

@@ -11,11 +11,15 @@ fallback ``resolve``):
     imatrix_err  sqrt(sum_j qw_j |W_j - Q_j|^2 / sum_j qw_j |W_j|^2) over columns j: the same
                  error estimated from the imatrix alone (qw = mean squared input; 1 without)
 
-W is the model file's own values (the base the search measures KLD against). Types a tensor
+W is the model file's own values (the base the search measures KLD against). W and Q are read
+``ROW_SLICE_BYTES`` of float32 rows at a time (the sums over rows add up), so a 262,144-row
+embedding never exists whole in float32 or float64. Types a tensor
 cannot take are left out; types that resolve to the same written type share one computation.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -24,20 +28,41 @@ import numpy as np
 from quant import UserError, resolve
 
 from ._models._common import HIGHEST
+from ._qcache import row_slices
 
 
-def _compare(x, w, q):
-    """(mean row cosine, relative Frobenius error).  # [S, n_in], [n_out, n_in] x 2"""
+def _slice_sums(x, w, q):
+    """One slice of W's rows: per sample s, sum_o y*yq, y*y, yq*yq, and sum (y - yq)^2, with
+    y = W x_s, yq = Q x_s (sums over rows add up across slices).  # [S, n_in], [rows, n_in] x 2"""
     y = jnp.einsum("si,oi->so", x, w, precision=HIGHEST)
     yq = jnp.einsum("si,oi->so", x, q, precision=HIGHEST)
-    num, nw, nq = jnp.sum(y * yq, -1), jnp.sum(y * y, -1), jnp.sum(yq * yq, -1)
+    return jnp.sum(y * yq, -1), jnp.sum(y * y, -1), jnp.sum(yq * yq, -1), jnp.sum((y - yq) ** 2)
+
+
+_slice_sums_jit = jax.jit(_slice_sums)
+
+
+def _padded(a: np.ndarray, rows: int) -> np.ndarray:
+    return a if len(a) == rows else np.concatenate([a, np.zeros((rows - len(a), a.shape[1]),
+                                                                a.dtype)])
+
+
+def _compare(model, name: str, type_: str, x, cache) -> tuple[float, float]:
+    """(mean row cosine, relative Frobenius error), W and Q read a bounded slice of rows at a
+    time (one shape per tensor: the last slice is padded with zero rows, which add nothing)."""
+    shape = model.tensors[name].shape
+    slices = row_slices(math.prod(shape[:-1]), shape[-1])
+    rows = slices[0][1] - slices[0][0]
+    num = nw = nq = 0.0
+    sq = 0.0
+    for a, b in slices:
+        w = _padded(model.f32_rows(name, a, b), rows)
+        q = _padded(np.asarray(cache.value_rows(name, type_, a, b)), rows)
+        p = [np.asarray(v, np.float64) for v in _slice_sums_jit(x, w, q)]
+        num, nw, nq, sq = num + p[0], nw + p[1], nq + p[2], sq + float(p[3])
     ok = (nw > 0) & (nq > 0)
-    cos = jnp.where(ok, num / jnp.sqrt(jnp.where(ok, nw * nq, 1.0)), 0.0)
-    err = jnp.sqrt(jnp.sum((y - yq) ** 2) / jnp.maximum(jnp.sum(nw), 1e-30))
-    return jnp.mean(cos), err
-
-
-_compare_jit = jax.jit(_compare)
+    cos = np.where(ok, num / np.sqrt(np.where(ok, nw * nq, 1.0)), 0.0)
+    return float(np.mean(cos)), float(np.sqrt(sq / max(float(np.sum(nw)), 1e-30)))
 
 
 def written_types(model, name: str, types, target: str) -> dict[str, str]:
@@ -51,12 +76,19 @@ def written_types(model, name: str, types, target: str) -> dict[str, str]:
     return out
 
 
-def _imatrix_err(model, name: str, type_: str, cache) -> float:
-    w = model.f32(name).astype(np.float64)
-    col = (w * w).reshape(-1, w.shape[-1]).sum(axis=0)
+def _weighted_energy(model, name: str, cache) -> float:
+    """sum_j qw_j sum_rows W_rj^2 in float64, a slice of rows at a time."""
+    shape = model.tensors[name].shape
+    col = np.zeros(shape[-1])
+    for a, b in row_slices(math.prod(shape[:-1]), shape[-1]):
+        w = model.f32_rows(name, a, b).astype(np.float64)
+        col += (w * w).sum(axis=0)
     qw = cache.imatrix.get(name)
-    energy = float(col @ (np.asarray(qw, np.float64).reshape(-1) if qw is not None
-                          else np.ones_like(col)))
+    return float(col @ (np.asarray(qw, np.float64).reshape(-1) if qw is not None
+                        else np.ones_like(col)))
+
+
+def _imatrix_err(name: str, type_: str, cache, energy: float) -> float:
     return float(np.sqrt(cache.error(name, type_) / energy)) if energy > 0 else 0.0
 
 
@@ -66,14 +98,14 @@ def tensor_importance(model, samples: dict[str, np.ndarray], types, cache,
     out: dict[str, dict[str, dict]] = {}
     names = [n for n in samples if n in model.tensors]
     for i, name in enumerate(names):
-        w = jnp.asarray(model.f32(name))
         x = jnp.asarray(samples[name])
+        energy = _weighted_energy(model, name, cache)
         done: dict[str, dict] = {}
         for t, wt in written_types(model, name, types, cache.target).items():
             if wt not in done:
-                c, e = _compare_jit(x, w, jnp.asarray(cache.values(name, wt)))
-                done[wt] = {"cos": float(c), "rel_err": float(e), "type": wt,
-                            "imatrix_err": _imatrix_err(model, name, wt, cache)}
+                c, e = _compare(model, name, wt, x, cache)
+                done[wt] = {"cos": c, "rel_err": e, "type": wt,
+                            "imatrix_err": _imatrix_err(name, wt, cache, energy)}
             out.setdefault(name, {})[t] = done[wt]
         if progress:
             progress("tensors", i + 1, len(names))

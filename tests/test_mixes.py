@@ -4,7 +4,11 @@ Fixtures: ``mainline-mix-types.json`` (mainline llama-quantize on SmolLM2-135M, 
 ``ik-mix-types.json`` (ik_llama.cpp llama-quantize on the same base; types and tensor bytes of
 each output file, with the commands that made them) and ``synthetic-mix-types.json`` (both tools
 on small random llama models whose rows fit 256, so the rules are seen without fallback: gqa 4
-untied, gqa 2 tied, 8 experts).
+untied, gqa 2 tied, 4, 8 and 16 experts: mainline's MoE rules ask for exactly 8, ik's for 4 or
+more; and a header-only ``deepseek2`` model of DeepSeek-V3's real shapes: 61 layers, 3 dense,
+256 experts, MLA, bf16) and ``tiny-moe-mix-types.json`` (both tools' real output files of the
+tiny MoE models of ``tests/_tiny_gguf.py``, 64-wide rows, so every k-quant falls back: types and
+tensor bytes).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from objectives import GGUFModel, TensorInfo, default_model_path, open_gguf
-from quant import UserError, get_type, tensor_nbytes
+from quant import FallbackError, UserError, get_type, tensor_nbytes
 from search import FTYPES, MixError, base_type, mix_types, use_more_bits
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -119,12 +123,14 @@ def test_counters_follow_each_tools_order(smollm2):
 
 
 def _synthetic_model(spec: dict) -> GGUFModel:
-    """A header-only model (names, shapes, hparams) of the synthetic fixture."""
-    f32, tensors = get_type("f32"), {}
+    """A header-only model (names, shapes, hparams) of the synthetic fixture; a tensor line is
+    ``name ne0 [ne1 [ne2]] [stored type]`` (f32 when no type is given)."""
+    tensors = {}
     for line in spec["tensors"]:
         name, *ne = line.split()
+        ty = get_type(ne.pop() if not ne[-1].isdigit() else "f32")
         ne = tuple(map(int, ne))
-        tensors[name] = TensorInfo(name, ne, f32, 0, 0, tensor_nbytes(f32, ne[::-1]))
+        tensors[name] = TensorInfo(name, ne, ty, 0, 0, tensor_nbytes(ty, ne[::-1]))
     return GGUFModel([Path("synthetic.gguf")], spec["meta"], tensors, [], [])
 
 
@@ -148,6 +154,47 @@ def test_synthetic_refusals_without_imatrix(key):
     with pytest.raises(MixError, match="imatrix"):
         mix_types(_synthetic_model(fx["models"][model_name]), ftype, target, imatrix=imatrix,
                   pure=pure)
+
+
+@pytest.mark.parametrize("key", _keys("tiny-moe-mix-types.json"))
+def test_tiny_moe_mix_matches_llama_quantize(tiny_model, key):
+    """Types and tensor data bytes of both tools' files of the tiny MoE models."""
+    fx = _load("tiny-moe-mix-types.json")
+    target, arch, run = key.split("/")
+    model = open_gguf(tiny_model(arch))
+    names = fx["models"][arch]
+    assert list(model.tensors) == names, "tests/_tiny_gguf.py changed: remake the fixture"
+    ftype, imatrix, pure = _flags(run)
+    types = mix_types(model, ftype, target, imatrix=imatrix, pure=pure)
+    written = {n: types.get(n, model.tensors[n].qtype.name) for n in names}
+    assert written == dict(zip(names, fx["files"][key]["types"].split()))
+    fixed = sum(t.nbytes for n, t in model.tensors.items() if n not in types)
+    predicted = fixed + sum(tensor_nbytes(types[n], model.tensors[n].shape) for n in types)
+    assert predicted == fx["files"][key]["nbytes"]
+
+
+@pytest.mark.parametrize("key", _keys("tiny-moe-mix-types.json", "errors"))
+def test_tiny_moe_refusals(tiny_model, key):
+    """Runs that real llama-quantize refused on the tiny MoE models are refused here too: for
+    want of an imatrix (a MixError), or a type whose rows cannot hold the tensor's (ik's
+    IQ1_BN/IQ2_BN on 32-wide expert rows: no fallback exists, a FallbackError)."""
+    fx = _load("tiny-moe-mix-types.json")
+    target, arch, run = key.split("/")
+    ftype, imatrix, pure = _flags(run)
+    imat = "importance matrix" in fx["errors"][key]["error"].lower() or \
+        "imatrix" in fx["errors"][key]["error"].lower()
+    with pytest.raises(MixError if imat else FallbackError, match="imatrix" if imat else None):
+        mix_types(open_gguf(tiny_model(arch)), ftype, target, imatrix=imatrix, pure=pure)
+
+
+def test_moe_rules_differ_with_the_expert_count():
+    """The fixture's 4- and 16-expert models get what 8 experts get from ik only: mainline's
+    attn_v/attn_k q8_0 rule asks for exactly 8 experts, ik's for 4 or more."""
+    files = _load("synthetic-mix-types.json")["files"]
+    for target, same in (("mainline", False), ("ik", True)):
+        for n in (4, 16):
+            key = f"{target}/syn-gqa1-moe{n}/Q3_K_M"
+            assert (files[key] == files[f"{target}/syn-gqa1-moe8/Q3_K_M"]) == same, key
 
 
 def test_mainline_fixture_is_discriminating(smollm2):

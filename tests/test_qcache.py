@@ -73,3 +73,25 @@ def test_error_of_experts_weights_each_expert_by_its_own_imatrix_row(tiny_model)
     d = (w - cache.values(name, "q4_0")).astype(np.float64)
     want = float(sum((d[i] ** 2).sum(0) @ qw[i] for i in range(e)))
     assert cache.error(name, "q4_0") == pytest.approx(want, rel=1e-9)
+
+
+def test_a_stored_quantized_matrix_is_quantized_a_slice_of_rows_at_a_time(monkeypatch):
+    """A q4_K/q6_K file's tensor larger than ROW_SLICE_BYTES is read, dequantized and quantized
+    in slices of rows (Gemma 3's q8_0 embedding would otherwise exist whole in float32): the
+    bytes equal those of quantizing the whole float32 tensor at once, imatrix included."""
+    from conftest import FIXTURES
+    from objectives import _qcache
+
+    m = open_gguf(FIXTURES / "write" / "tiny-llama.Q4_K_M.gguf")
+    name = next(n for n, t in m.tensors.items() if t.qtype.name not in ("f32", "f16")
+                and len(t.shape) == 2 and t.shape[0] > 16)
+    qw = np.linspace(0.5, 2.0, m.tensors[name].shape[-1]).astype(np.float32)
+    whole = quant.quantize(m.f32(name), "q4_0", qw)
+    rows = 7  # slices of 7 rows: the last one shorter
+    monkeypatch.setattr(_qcache, "ROW_SLICE_BYTES", rows * 4 * m.tensors[name].shape[-1])
+    seen = []
+    real = m.f32_rows
+    monkeypatch.setattr(m, "f32_rows", lambda n, a, b: seen.append(b - a) or real(n, a, b))
+    sliced = QuantCache(m, "mainline", {name: qw}).packed(name, "q4_0")
+    np.testing.assert_array_equal(sliced, whole)
+    assert max(seen) == rows and len(seen) == -(-m.tensors[name].shape[0] // rows)

@@ -362,3 +362,21 @@ def test_dat_experts_reshaped_with_the_model(tmp_path):
     qw = back.for_quantizer(Model())["blk.0.ffn_up_exps.weight"]
     np.testing.assert_array_equal(qw, [[1, 2], [3, 4], [2.5, 3], [1, 1]])
     np.testing.assert_array_equal(im.for_quantizer()["blk.0.ffn_up_exps.weight"], qw)
+
+
+def test_tensor_importance_in_slices_of_rows_equals_the_whole(tiny_model, monkeypatch):
+    """Slices of 5 rows (the last padded with zero rows) give the whole tensor's figures."""
+    from objectives import _qcache
+
+    model = objectives.open_gguf(tiny_model("llama"))
+    col = collect(model, E.make_chunks(_tokens(), ctx=32, n_chunks=2), sample_tokens=32)
+    cache = QuantCache(model, "mainline", col.imatrix.for_quantizer())
+    names = ("token_embd.weight", "blk.1.ffn_down.weight")
+    args = ({n: col.samples[n] for n in names}, ["q4_0", "q6_K"], cache)
+    whole = tensor_importance(model, *args)
+    monkeypatch.setattr(_qcache, "ROW_SLICE_BYTES", 5 * 4 * 64)
+    sliced = tensor_importance(model, *args)
+    for n in names:
+        for t in ("q4_0", "q6_K"):
+            for k in ("cos", "rel_err", "imatrix_err"):
+                assert sliced[n][t][k] == pytest.approx(whole[n][t][k], rel=1e-5), (n, t, k)

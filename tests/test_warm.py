@@ -67,3 +67,21 @@ def test_experts_low_puts_the_rest_high_and_the_routed_experts_at_what_fits():
     # too small for attention at "c": attention drops a level before the experts go below "a"
     c = experts_low(t, 100, 0, routed)
     assert list(c[~routed]) == [1, 1, 1, 1] and list(c[routed]) == [0, 0, 0, 0]
+
+
+def test_mix_candidates_take_the_nearest_and_the_close_ones_below():
+    """Hand-made sizes (MiB, budget 144.14): nearest pure Q4_0 (144.00), then every mix within
+    3 % below, largest first (pure IQ4_XS 142.95, Q3_K_L 140.0); 139.0 and the over-budget
+    mixes are left out, and three at most."""
+    from search._pipeline._run import mix_candidates
+
+    mib = 1 << 20
+    sizes = [("Q4_0 --pure", 144.00), ("IQ4_XS --pure", 142.95), ("Q4_K_S", 152.0),
+             ("Q3_K_L", 140.0), ("Q3_K_M", 139.0), ("Q5_0", 170.0)]
+    sizes = [(n, int(b * mib)) for n, b in sizes]
+    budget = int(144.14 * mib)
+    assert mix_candidates(sizes, budget) == ["Q4_0 --pure", "IQ4_XS --pure", "Q3_K_L"]
+    assert mix_candidates(sizes, budget, most=2) == ["Q4_0 --pure", "IQ4_XS --pure"]
+    # over the budget but nearest: still first (the study repairs it down to the budget)
+    assert mix_candidates(sizes, int(151.0 * mib)) == ["Q4_K_S"]
+    assert mix_candidates([], budget) == []

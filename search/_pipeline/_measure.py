@@ -259,7 +259,8 @@ def _quantize(spec: Spec, data: dict, cache: QuantCache, ui: Ui) -> tuple[dict, 
             imp = tensor_importance(model, {t.name: samples[t.name]}, types, cache) \
                 if t.name in samples else {}
             for ty in types:
-                e = {"tensor": t.name, "type": ty, "bytes": int(cache.packed(t.name, ty).nbytes),
+                e = {"tensor": t.name, "type": ty,  # keep=False: not every type held at once
+                     "bytes": int(cache.packed(t.name, ty, keep=False).nbytes),
                      "error": cache.error(t.name, ty, head.get(t.name)),
                      **{k: imp[t.name][ty][k] for k in ("cos", "rel_err")
                         if t.name in imp and ty in imp[t.name]}}

@@ -39,15 +39,16 @@ import numpy as np
 import quant
 from quant import UserError, slice_rows, workers
 
-from objectives import (cache_quantize_bytes, forward_costs, head_resident_bytes,
-                        layer_resident_bytes, tool_version)
+from objectives import (cache_quantize_bytes, forward_costs, head_work_bytes, tool_version,
+                        trial_weights_bytes)
 
 from .._json import write_json
 from .._llamacpp import tensor_options
 from ._prepare import Spec
 
-BASE_MEMORY = 1 << 30  # Python, JAX and the model's metadata
+BASE_MEMORY = 5 << 28  # Python, JAX and its compiled programs, the model's metadata (1.25 GiB)
 SELECT_TOP, MORE_ROWS = 5, 3  # final pick; held-out rows beyond the warm starts
+WARM_STARTS = 6  # about how many a study enqueues
 
 
 @dataclass(frozen=True)
@@ -203,20 +204,19 @@ def estimate(spec: Spec, r: Rates) -> Estimate:
     for p in spec.plans:
         name = p.opts.budget
         stages[f"trials ({name})"] = n_trials * trial
-        if o.select_chunks >= 2:
-            stages[f"final pick ({name})"] = SELECT_TOP * (dequant + _forward(r, o.select_chunks))
-        stages[f"held-out comparison ({name})"] = (6 + MORE_ROWS) * (dequant + _forward(
-            r, o.eval_chunks))
+        if o.select_chunks >= 2:  # the best few trials, at most all of them
+            stages[f"final pick ({name})"] = min(SELECT_TOP, n_trials) * (
+                dequant + _forward(r, o.select_chunks))
+        stages[f"held-out comparison ({name})"] = (min(WARM_STARTS, n_trials) + MORE_ROWS) * (
+            dequant + _forward(r, o.eval_chunks))  # warm starts run first: fewer trials, fewer
     d = m.hparams().n_embd
     scored = ctx_scored(o.ctx)
-    logits = 3 * r.batch * scored * m.hparams().n_vocab * 4
     hidden = (spec.calib_chunks * o.ctx + (spec.calib_chunks + o.eval_chunks) * scored) * d * 4
     names = {t.name: t for t in m.quantizable(o.target)}
     cache = max((cache_quantize_bytes(m, n, quant.tensor_nbytes(w, t.shape))
                  for n, t in names.items()
                  for w in tensor_options(t, o.target, list(spec.types))), default=0)
-    memo = 4 * m.n_elements if 4 * m.n_elements < (4 << 30) else 0
-    forward = logits + hidden + memo + layer_resident_bytes(m) + head_resident_bytes(m)
+    forward = head_work_bytes() + hidden + trial_weights_bytes(m)
     host = BASE_MEMORY + max(forward, cache)
     disk = sum(quant.tensor_nbytes(w, (math.prod(sh) // sh[-1], sh[-1]))
                for sh, w in entries) + hidden

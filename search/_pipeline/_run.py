@@ -62,21 +62,37 @@ def llama_mixes(spec: Spec):
                 yield ftype + (" --pure" if pure else ""), mix
 
 
-def _mix_start(spec: Spec, plan: Plan, table: UnitTable) -> tuple[str, np.ndarray] | None:
-    """llama.cpp's default mix nearest the budget, projected onto the space and repaired."""
-    best = None
-    for ftype, mix in llama_mixes(spec):
-        gap = abs(plan_bytes(spec.model, mix, spec.opts.target) - plan.budget)
-        if best is None or gap < best[0]:
-            best = (gap, ftype, mix)
-    if best is None:
-        return None
-    shapes = {n: spec.model.tensors[n].shape for n in best[2]}
-    unit_bytes = np.array([sum(tensor_nbytes(best[2][n], shapes[n]) for n in names)
-                           for names in table.tensors])
-    c = project(table, best[2], unit_bytes)
-    return (f"mix-{best[1].replace(' --', '-')}",
-            repair(table, c, plan.budget, plan.space.fixed_bytes, improve=False))
+MIX_BAND, MIX_MOST = 0.03, 3  # llama.cpp mixes this close below the budget start too
+
+
+def mix_candidates(sizes: list[tuple[str, int]], budget: int, band: float = MIX_BAND,
+                   most: int = MIX_MOST) -> list[str]:
+    """Names of the llama.cpp mixes that seed a study: the one nearest the budget (either
+    side), then those within ``band`` below it, largest first; ``most`` in all. (The nearest
+    alone can be a poor start: Gemma 3 270M at 4.51 BPW, pure Q4_0 is nearest and pure IQ4_XS,
+    0.8 % smaller, has 40 % less KLD.)"""
+    if not sizes:
+        return []
+    nearest = min(sizes, key=lambda s: abs(s[1] - budget))[0]
+    below = [n for n, b in sorted(sizes, key=lambda s: -s[1])
+             if (1 - band) * budget <= b <= budget and n != nearest]
+    return [nearest, *below][:most]
+
+
+def _mix_starts(spec: Spec, plan: Plan, table: UnitTable) -> list[tuple[str, np.ndarray]]:
+    """llama.cpp's default mixes of ``mix_candidates``, projected onto the space and repaired."""
+    mixes = dict(llama_mixes(spec))
+    sizes = [(f, plan_bytes(spec.model, mix, spec.opts.target)) for f, mix in mixes.items()]
+    out = []
+    for ftype in mix_candidates(sizes, plan.budget):
+        mix = mixes[ftype]
+        shapes = {n: spec.model.tensors[n].shape for n in mix}
+        unit_bytes = np.array([sum(tensor_nbytes(mix[n], shapes[n]) for n in names)
+                               for names in table.tensors])
+        c = project(table, mix, unit_bytes)
+        out.append((f"mix-{ftype.replace(' --', '-')}",
+                    repair(table, c, plan.budget, plan.space.fixed_bytes, improve=False)))
+    return out
 
 
 def warm_starts(spec: Spec, plan: Plan, table: UnitTable, m: Measurement,
@@ -85,9 +101,7 @@ def warm_starts(spec: Spec, plan: Plan, table: UnitTable, m: Measurement,
     two warm starts share is enqueued once under both names (``a = b``)."""
     fixed, out = plan.space.fixed_bytes, []
     out += uniform(table, plan.budget, fixed)
-    mix = _mix_start(spec, plan, table)
-    if mix is not None:
-        out.append(mix)
+    out += _mix_starts(spec, plan, table)
     layer_cos = m.similarity.get("layer", {})
     if layer_cos:
         c = cossim(table, plan.budget, fixed, layer_cos)

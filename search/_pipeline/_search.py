@@ -42,6 +42,7 @@ def run_search(opts: SearchOptions, ui: Ui = SILENT) -> list[dict[str, Any]]:
     for plan in spec.plans:
         t1 = time.perf_counter()
         study = run_study(spec, plan, m, session, ui)
+        session.release()  # the last trial's weights: the held-out session loads its own
         t2 = time.perf_counter()
         if eval_session is None:
             eval_session = m.session(spec.model, read_corpus(opts.eval_file, "eval"), opts.ctx,
