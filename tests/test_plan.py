@@ -137,3 +137,27 @@ def test_quantizing_a_tensor_holds_its_source_unless_read_in_place(tiny_model, m
     assert cache_quantize_bytes(f32, experts, 10) == 2 * 10  # one piece, read in place
     monkeypatch.setattr(_qcache, "SLICE_BYTES", 40_000)  # sliced: at most one slice of source
     assert cache_quantize_bytes(f32, experts, 10) == 40_000 + 2 * 10
+
+
+def test_stages_the_measurement_holds_are_done_not_counted(tmp_path, tiny_model):
+    """After ``search measure`` with the same settings, the plan of a budget lists the four
+    measurement stages as done and counts only the study's own stages."""
+    model = tiny_model("llama")
+    before = _plan_cli(tmp_path, model)
+    assert "done" not in " ".join(before["lines"])
+    measure = ["--ctx", "64", "--chunks", "4", "--select-chunks", "0", "--imatrix-chunks", "4",
+               "--types", "q4_0,q5_0,q8_0"]
+    p = subprocess.run([sys.executable, "-m", "search", "measure", str(model), "-f",
+                        str(tmp_path / "text.txt"), "--eval-file", str(tmp_path / "text.txt"),
+                        "--studies-dir", str(tmp_path / "st"), *measure],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    after = _plan_cli(tmp_path, model)
+    done = ("imatrix pass", "base statistics", "quantization cache", "calibration probes")
+    for stage in done:
+        assert any(line.split(stage)[-1].strip() == "done (in the measurement folder)"
+                   for line in after["lines"] if stage in line), stage
+    assert after["done"] == sorted(done) and before["done"] == []
+    study = sum(v for k, v in after["stages"].items() if k not in done)
+    assert after["total_s"] == pytest.approx(study) and study < before["total_s"]
+    assert after["disk_bytes"] < before["disk_bytes"]  # the cache is on disk already

@@ -24,7 +24,8 @@ def main(argv: list[str]) -> int:
         check_fits(spec, est)
     except Exception as e:  # reported, not raised: the plan's job is to say so
         fits = str(e)
-    res = {"header": header(spec), "stages": est.stages, "total_s": est.total_s,
+    res = {"header": header(spec), "stages": est.stages, "done": sorted(est.done),
+           "total_s": est.total_s,
            "trial_s": est.trial_s, "host_bytes": est.host_bytes, "disk_bytes": est.disk_bytes,
            "fits": fits, "lines": summary_lines(spec, est)}
     emit(res, bool(opts.json), lambda r: "\n".join(

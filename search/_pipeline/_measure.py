@@ -142,6 +142,24 @@ def check_measurement(spec: Spec) -> dict | None:
     return data
 
 
+def done_stages(spec: Spec) -> frozenset[str]:
+    """The stages of the plan's estimate this measurement folder already holds (a second
+    budget, or a resumed run, skips them)."""
+    data = _manifest(spec.measure_dir)
+    if data is None or data.get("settings") != dict(spec.settings.__dict__):
+        return frozenset()
+    parts, done = data["parts"], set()
+    if "scores" in parts:
+        done.add("imatrix pass")
+    if "quant" in parts:  # the calibration base statistics come before it
+        done.add("base statistics")
+        if set(spec.types) <= set(parts["quant"].get("types", [])):
+            done.add("quantization cache")
+    if f"probes:{spec.probe.key()}" in parts:
+        done.add("calibration probes")
+    return frozenset(done)
+
+
 def _open(spec: Spec) -> dict:
     """The folder's manifest, created for these settings when absent."""
     data = check_measurement(spec)

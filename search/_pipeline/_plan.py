@@ -44,6 +44,7 @@ from objectives import (cache_quantize_bytes, forward_costs, head_work_bytes, to
 
 from .._json import write_json
 from .._llamacpp import tensor_options
+from ._measure import done_stages
 from ._prepare import Spec
 
 BASE_MEMORY = 5 << 28  # Python, JAX and its compiled programs, the model's metadata (1.25 GiB)
@@ -71,10 +72,12 @@ class Estimate:
     host_bytes: int
     stages: dict[str, float]  # seconds
     trial_s: float
+    done: frozenset[str] = frozenset()  # stages the measurement folder already holds
 
     @property
     def total_s(self) -> float:
-        return sum(self.stages.values())
+        """Seconds of the stages still to run."""
+        return sum(v for k, v in self.stages.items() if k not in self.done)
 
 
 def _machine_key(spec: Spec) -> str:
@@ -218,9 +221,10 @@ def estimate(spec: Spec, r: Rates) -> Estimate:
                  for w in tensor_options(t, o.target, list(spec.types))), default=0)
     forward = head_work_bytes() + hidden + trial_weights_bytes(m)
     host = BASE_MEMORY + max(forward, cache)
-    disk = sum(quant.tensor_nbytes(w, (math.prod(sh) // sh[-1], sh[-1]))
-               for sh, w in entries) + hidden
-    return Estimate(int(disk), int(host), stages, trial)
+    done = done_stages(spec)
+    disk = hidden if "quantization cache" in done else hidden + sum(
+        quant.tensor_nbytes(w, (math.prod(sh) // sh[-1], sh[-1])) for sh, w in entries)
+    return Estimate(int(disk), int(host), stages, trial, done)
 
 
 def ctx_scored(ctx: int) -> int:
@@ -276,6 +280,7 @@ def summary_lines(spec: Spec, e: Estimate) -> list[str]:
     lines = [f"estimate {human_seconds(e.total_s)} in all ({human_seconds(e.trial_s)} a trial), "
              f"{human_bytes(e.host_bytes)} of memory at most, {human_bytes(e.disk_bytes)} of "
              f"disk (measurement)"]
-    lines += [f"           {k:32} {human_seconds(v)}" for k, v in e.stages.items()]
+    lines += [f"           {k:32} " + ("done (in the measurement folder)" if k in e.done
+                                           else human_seconds(v)) for k, v in e.stages.items()]
     return lines
 
