@@ -32,9 +32,9 @@ ROW_SLICE_BYTES = 64 << 20  # float32 bytes of a stored-quantized tensor's rows 
 _FLOAT_VIEWS = {"f32": np.dtype("<f4"), "f16": np.dtype("<f2"), "bf16": ml_dtypes.bfloat16}
 
 
-def row_slices(n_rows: int, ne0: int, nbytes: int | None = None) -> list[tuple[int, int]]:
-    """Row ranges of at most ``nbytes`` (``ROW_SLICE_BYTES``) float32 values each."""
-    step = max(1, (nbytes or ROW_SLICE_BYTES) // (4 * ne0))
+def row_slices(n_rows: int, ne0: int) -> list[tuple[int, int]]:
+    """Row ranges of at most ``ROW_SLICE_BYTES`` of float32 values each."""
+    step = max(1, ROW_SLICE_BYTES // (4 * ne0))
     return [(a, min(a + step, n_rows)) for a in range(0, n_rows, step)]
 
 

@@ -20,6 +20,7 @@ cannot take are left out; types that resolve to the same written type share one 
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import jax
 import jax.numpy as jnp
@@ -47,7 +48,7 @@ def _padded(a: np.ndarray, rows: int) -> np.ndarray:
                                                                 a.dtype)])
 
 
-def _compare(model, name: str, type_: str, x, cache) -> tuple[float, float]:
+def _compare(model, name: str, type_: str, x, cache, w_rows) -> tuple[float, float]:
     """(mean row cosine, relative Frobenius error), W and Q read a bounded slice of rows at a
     time (one shape per tensor: the last slice is padded with zero rows, which add nothing)."""
     shape = model.tensors[name].shape
@@ -56,7 +57,7 @@ def _compare(model, name: str, type_: str, x, cache) -> tuple[float, float]:
     num = nw = nq = 0.0
     sq = 0.0
     for a, b in slices:
-        w = _padded(model.f32_rows(name, a, b), rows)
+        w = _padded(w_rows(a, b), rows)
         q = _padded(np.asarray(cache.value_rows(name, type_, a, b)), rows)
         p = [np.asarray(v, np.float64) for v in _slice_sums_jit(x, w, q)]
         num, nw, nq, sq = num + p[0], nw + p[1], nq + p[2], sq + float(p[3])
@@ -76,12 +77,12 @@ def written_types(model, name: str, types, target: str) -> dict[str, str]:
     return out
 
 
-def _weighted_energy(model, name: str, cache) -> float:
+def _weighted_energy(model, name: str, cache, w_rows) -> float:
     """sum_j qw_j sum_rows W_rj^2 in float64, a slice of rows at a time."""
     shape = model.tensors[name].shape
     col = np.zeros(shape[-1])
     for a, b in row_slices(math.prod(shape[:-1]), shape[-1]):
-        w = model.f32_rows(name, a, b).astype(np.float64)
+        w = w_rows(a, b).astype(np.float64)
         col += (w * w).sum(axis=0)
     qw = cache.imatrix.get(name)
     return float(col @ (np.asarray(qw, np.float64).reshape(-1) if qw is not None
@@ -99,11 +100,13 @@ def tensor_importance(model, samples: dict[str, np.ndarray], types, cache,
     names = [n for n in samples if n in model.tensors]
     for i, name in enumerate(names):
         x = jnp.asarray(samples[name])
-        energy = _weighted_energy(model, name, cache)
+        # the last slice of W kept: a tensor of one slice is read once for all its types
+        w_rows = lru_cache(maxsize=1)(lambda a, b, name=name: model.f32_rows(name, a, b))
+        energy = _weighted_energy(model, name, cache, w_rows)
         done: dict[str, dict] = {}
         for t, wt in written_types(model, name, types, cache.target).items():
             if wt not in done:
-                c, e = _compare(model, name, wt, x, cache)
+                c, e = _compare(model, name, wt, x, cache, w_rows)
                 done[wt] = {"cos": c, "rel_err": e, "type": wt,
                             "imatrix_err": _imatrix_err(name, wt, cache, energy)}
             out.setdefault(name, {})[t] = done[wt]
