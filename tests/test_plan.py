@@ -93,7 +93,8 @@ def test_plan_of_a_tiny_model_lists_every_stage_and_reuses_its_rates(tmp_path, t
     first = _plan_cli(tmp_path, tiny_model("llama"))
     assert set(first["stages"]) == {
         "imatrix pass", "base statistics", "quantization cache", "calibration probes",
-        "trials (5.5bpw)", "held-out comparison (5.5bpw)"}  # --select-chunks 0: no final pick
+        "trials (5.5bpw)", "held-out base statistics",
+        "held-out comparison (5.5bpw)"}  # --select-chunks 0: no final pick
     assert first["total_s"] == pytest.approx(sum(first["stages"].values()))
     assert first["stages"]["trials (5.5bpw)"] == pytest.approx(3 * first["trial_s"])
     assert first["fits"] is True and first["disk_bytes"] > 0 and first["host_bytes"] > 1 << 30

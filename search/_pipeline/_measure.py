@@ -78,10 +78,11 @@ class Measurement:
 
     def session(self, model: GGUFModel, text: str, ctx: int, n_chunks: int, target: str,
                 ui: Ui = SILENT) -> EvalSession:
-        """An evaluation session over ``text`` with this measurement's quantized tensors and
-        base statistics."""
+        """An evaluation session over ``text`` (the held-out text) with this measurement's
+        quantized tensors and base statistics."""
         return EvalSession(model, corpus_tokens(model, text), ctx, n_chunks, target,
-                           self.imatrix(model), self.folder, progress=ui.staged("base statistics"))
+                           self.imatrix(model), self.folder,
+                           progress=ui.staged("held-out base statistics"))
 
 
 def evaluate_staged(session, plan: dict[str, str], chunks: list[int], tick=None) -> dict:

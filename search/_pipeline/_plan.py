@@ -10,7 +10,8 @@ model's real shapes (cached per machine in the measurement folder, ``rates.json`
 Stage times (N chunks of ctx tokens, B chunks a batch, L layers of layer_s each, head_s):
     forward(N)       ceil(N/B) * (sum of layer_s over the layers + head_s)
     imatrix pass     forward(imatrix chunks)
-    base statistics  forward(calibration chunks) + forward(held-out chunks)
+    base statistics  forward(calibration chunks); held-out base statistics forward(held-out
+                     chunks), once for all budgets
     quantization     sum over (tensor, written type) of its slices' time, plus its error
                      and importance (a dequantization and a pass over the weights), plus one
                      compile per (type, row length).  A tensor of k slices of S rows (an
@@ -202,11 +203,13 @@ def estimate(spec: Spec, r: Rates) -> Estimate:
     roles = len({t.role for t in m.quantizable(o.target)})
     n_trials = o.trials or 60
     stages = {"imatrix pass": _forward(r, o.imatrix_chunks) + r.forward_compile_s,
-              "base statistics": _forward(r, spec.calib_chunks) + _forward(r, o.eval_chunks),
+              "base statistics": _forward(r, spec.calib_chunks),
               "quantization cache": q_time, "calibration probes": (roles + 1) * trial}
-    for p in spec.plans:
+    for i, p in enumerate(spec.plans):
         name = p.opts.budget
         stages[f"trials ({name})"] = n_trials * trial
+        if i == 0:  # once, after the first study's trials; the budgets share it
+            stages["held-out base statistics"] = _forward(r, o.eval_chunks)
         if o.select_chunks >= 2:  # the best few trials, at most all of them
             stages[f"final pick ({name})"] = min(SELECT_TOP, n_trials) * (
                 dequant + _forward(r, o.select_chunks))

@@ -88,7 +88,8 @@ def verify(study: str, studies_dir: str = "studies", llama_bin: str | None = Non
     m_im = measurement / "imatrix.gguf"
     imat = read_imatrix(m_im).for_quantizer(model) if m_im.is_file() else None
     session = EvalSession(model, corpus_tokens(model, read_corpus(corpus, "eval")), ctx, n,
-                          recipe.target, imat, measurement, progress=ui.staged("base statistics"))
+                          recipe.target, imat, measurement,
+                          progress=ui.staged("held-out base statistics"))
     predicted = plain(evaluate_staged(session, recipe.tensors, list(range(session.n_chunks)),
                                       lambda d: ui.progress("prediction", d, session.n_chunks)))
     measured["file_bytes"], predicted["file_bytes"] = written["file_bytes"], written["file_bytes"]
